@@ -1,0 +1,22 @@
+// The library's op schemas, in the `majority_kernels` namespace. Each backend registers its kernels for them
+// (csrc/cpu for CPU); the fake kernels and autograd formulas are registered from Python
+// (majority_kernels/ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+// Importing majority_kernels._C loads this library and so registers the ops; the module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+TORCH_LIBRARY(majority_kernels, m) {
+  // W_eff[i] = sum_k P[k, i] * weight[k, i], in out_dtype (default: weight's dtype).
+  m.def("combine(Tensor weight, Tensor seed, int offset, ScalarType? out_dtype=None) -> Tensor");
+  // grad_weight[k, i] = P[k, i] * grad[i], a new tensor of shape [expansion, *grad.shape].
+  m.def("scatter(Tensor grad, Tensor seed, int offset, int expansion, ScalarType? out_dtype=None) -> Tensor");
+  // grad_weight[k, i] += P[k, i] * grad[i], in place (gradient accumulation without a temporary).
+  m.def("scatter_add_(Tensor(a!) grad_weight, Tensor grad, Tensor seed, int offset) -> ()");
+  // P itself, float32 [expansion, numel]: for tests and for users who want to look at it.
+  m.def("mixing_weights(Tensor seed, int offset, int expansion, int numel) -> Tensor");
+}
