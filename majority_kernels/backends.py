@@ -1,0 +1,124 @@
+"""Backend choice: which implementation of combine / scatter / mixing_weights runs for a tensor's device.
+
+The choice comes from `mk.use_backend(name)` when one is active, else from the environment variable MK_BACKEND,
+else "auto". "auto" takes the fastest backend built for the device; naming a backend that cannot run here raises
+a RuntimeError that says why: there is never a silent fallback to a slower path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from . import ops, reference
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of the mixing ops. `unavailable(device)` returns None if it can run there, else why not."""
+
+    name: str
+    combine: Callable[[Tensor, Tensor, int, Optional[torch.dtype]], Tensor]
+    scatter: Callable[[Tensor, Tensor, int, int, Optional[torch.dtype]], Tensor]
+    scatter_add_: Callable[[Tensor, Tensor, Tensor, int], None]
+    mixing_weights: Callable[[Tensor, int, int, int], Tensor]
+    unavailable: Callable[[torch.device], Optional[str]]
+
+
+def _reference_scatter_add_(grad_weight: Tensor, grad: Tensor, seed: Tensor, offset: int) -> None:
+    grad_weight.add_(reference.scatter(grad, seed, offset, grad_weight.shape[0], grad_weight.dtype))
+
+
+def _reference_mixing_weights(seed: Tensor, offset: int, expansion: int, numel: int) -> Tensor:
+    return reference.mixing_weights(expansion, numel, seed, offset, device=seed.device)
+
+
+def _cpu_unavailable(device: torch.device) -> Optional[str]:
+    if not ops.HAS_EXTENSION:
+        return (f"the C++ extension majority_kernels._C is not available ({ops.EXTENSION_ERROR}); "
+                "it is skipped only by installing with MK_BUILD_EXT=0: reinstall without it to build the CPU kernels")
+    if device.type != "cpu":
+        return f"backend 'cpu' runs on CPU tensors only, not on {device}"
+    return None
+
+
+def _compiled_op(name: str) -> Callable:
+    # Looked up at call time: the ops exist only when the extension is built.
+    return lambda *args: getattr(torch.ops.majority_kernels, name)(*args)
+
+
+BACKENDS: dict[str, Backend] = {
+    "reference": Backend("reference", reference.combine, reference.scatter, _reference_scatter_add_,
+                         _reference_mixing_weights, lambda device: None),
+    "cpu": Backend("cpu", _compiled_op("combine"), _compiled_op("scatter"), _compiled_op("scatter_add_"),
+                   _compiled_op("mixing_weights"), _cpu_unavailable),
+}
+
+# What "auto" tries, fastest first, per device type; the first backend that can run wins.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpu",)}
+
+_active: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("majority_kernels_backend", default=None)
+_warned: set[str] = set()
+
+
+def _check_name(name: str) -> str:
+    if name != AUTO and name not in BACKENDS:
+        raise ValueError(f"unknown majority-kernels backend {name!r}: choose one of {[AUTO, *BACKENDS]}")
+    return name
+
+
+def requested() -> str:
+    """The backend name in force: the innermost `use_backend`, else MK_BACKEND, else "auto"."""
+    active = _active.get()
+    if active is not None:
+        return active
+    return _check_name(os.environ.get("MK_BACKEND", AUTO).strip().lower() or AUTO)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the enclosed code with backend `name` ("auto", "reference", "cpu", ...)."""
+    token = _active.set(_check_name(name))
+    try:
+        yield
+    finally:
+        _active.reset(token)
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def backend_for(device: torch.device) -> Backend:
+    """The backend that runs tensors on `device` under the current choice."""
+    name = requested()
+    if name != AUTO:
+        backend = BACKENDS[name]
+        reason = backend.unavailable(device)
+        if reason is not None:
+            raise RuntimeError(f"majority-kernels backend {name!r} cannot run here: {reason}")
+        return backend
+    for candidate in AUTO_ORDER.get(device.type, ()):
+        if BACKENDS[candidate].unavailable(device) is None:
+            return BACKENDS[candidate]
+    reasons = "; ".join(f"{c}: {BACKENDS[c].unavailable(device)}" for c in AUTO_ORDER.get(device.type, ()))
+    _warn_once(device.type, f"majority-kernels: no fused backend for {device.type} tensors in this install"
+                            f"{' (' + reasons + ')' if reasons else ''}; using the slow 'reference' backend")
+    return BACKENDS["reference"]
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Names of the backends that can run on `device` here."""
+    device = torch.device(device)
+    return [name for name, backend in BACKENDS.items() if backend.unavailable(device) is None]

@@ -1,0 +1,146 @@
+"""Functional API: the mixing weights, the fused combination, and the mixed linear and convolution ops.
+
+Every op takes `seed` (an int in [0, 2^63) or a one-element int64 tensor) and `offset` (an int in [0, 2^64)) and
+follows DESIGN.md section 4, whichever backend runs it. Forward = combine (P generated inside the kernel) then the
+dense op; backward = the dense op's gradients with W_eff, then scatter with P regenerated from the same seed.
+P is never stored: the tensors kept for the backward are the input and W_eff, whatever the expansion.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _validation as check
+from .backends import backend_for
+
+Seed = Union[int, Tensor]
+IntOrTuple = Union[int, Sequence[int]]
+
+
+def draw_seed(device: torch.device | str) -> Tensor:
+    """A fresh seed from `device`'s torch generator, as an int64 tensor on that device (the layers' per-step seed).
+
+    Drawn like any other random op, so it follows torch.manual_seed, is restored by torch.utils.checkpoint's RNG
+    preservation and by saving the RNG state, and is equal on data-parallel ranks seeded alike.
+    """
+    return torch.randint(0, check.SEED_LIMIT - 1, (), dtype=torch.int64, device=device)
+
+
+def mixing_weights(expansion: int, shape: Union[int, Sequence[int]], seed: Seed, offset: int = 0, *,
+                   device: Optional[torch.device | str] = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """P of shape [expansion, *shape], materialised (for tests and inspection; the kernels never do this)."""
+    expansion = check.check_expansion(expansion)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    device = torch.device(device) if device is not None else (
+        seed.device if isinstance(seed, Tensor) else torch.device("cpu"))
+    numel = 1
+    for size in shape:
+        numel *= size
+    p = backend_for(device).mixing_weights(check.seed_tensor(seed, device), check.signed_offset(offset),
+                                           expansion, numel)
+    return p.to(dtype).view(expansion, *shape)
+
+
+def combine(weight: Tensor, seed: Seed, offset: int = 0, *, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """W_eff = sum_k P_k * weight[k] for weight [expansion, ...], in out_dtype (default weight's dtype).
+
+    Fused: P is generated inside the kernel and never materialised; differentiable (the backward scatters).
+    """
+    weight = check.check_floating(weight, "weight")
+    if weight.dim() < 1 or weight.shape[0] < 1:
+        raise ValueError(f"weight must have a leading expansion dimension of size >= 1, got shape "
+                         f"{tuple(weight.shape)}")
+    if out_dtype is not None and not out_dtype.is_floating_point:
+        raise TypeError(f"out_dtype must be a floating-point dtype, got {out_dtype}")
+    return backend_for(weight.device).combine(weight, check.seed_tensor(seed, weight.device),
+                                              check.signed_offset(offset), out_dtype)
+
+
+def scatter(grad: Tensor, seed: Seed, offset: int, expansion: int, *,
+            accumulate_into: Optional[Tensor] = None, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """Every copy's gradient P_k * grad, shape [expansion, *grad.shape].
+
+    With `accumulate_into` (an existing [expansion, *grad.shape] gradient) it is added in place, with no temporary
+    of that size, and returned.
+    """
+    grad = check.check_floating(grad, "grad")
+    expansion = check.check_expansion(expansion)
+    seed_t, offset = check.seed_tensor(seed, grad.device), check.signed_offset(offset)
+    backend = backend_for(grad.device)
+    if accumulate_into is None:
+        return backend.scatter(grad, seed_t, offset, expansion, out_dtype)
+    target = check.check_floating(accumulate_into, "accumulate_into")
+    if tuple(target.shape) != (expansion, *grad.shape):
+        raise ValueError(f"accumulate_into must have shape {(expansion, *grad.shape)}, got {tuple(target.shape)}")
+    if target.device != grad.device:
+        raise ValueError(f"accumulate_into must be on grad's device {grad.device}, got {target.device}")
+    if not target.is_contiguous():
+        raise ValueError("accumulate_into must be contiguous (it is updated in place)")
+    backend.scatter_add_(target, grad, seed_t, offset)
+    return target
+
+
+def _mixed_weight(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Seed, offset: int) -> Tensor:
+    check.check_same_device(input, weight, bias)
+    out_dtype = check.compute_dtype(input, weight)
+    return combine(weight, seed, offset, out_dtype=out_dtype)
+
+
+def majority_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, seed: Seed,
+                    offset: int = 0) -> Tensor:
+    """F.linear(input, combine(weight, seed, offset), bias) for weight [expansion, out_features, in_features]."""
+    weight = check.check_expanded_weight(weight, 2, "[expansion, out_features, in_features]")
+    bias = check.check_bias(bias, weight.shape[1])
+    check.check_floating(input, "input")
+    if input.dim() < 1 or input.shape[-1] != weight.shape[2]:
+        raise ValueError(f"input's last dimension must equal in_features = {weight.shape[2]}, got input of shape "
+                         f"{tuple(input.shape)}")
+    return F.linear(input, _mixed_weight(input, weight, bias, seed, offset), bias)
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _majority_conv(dims: int, input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: IntOrTuple,
+                   padding: Union[IntOrTuple, str], dilation: IntOrTuple, groups: int, seed: Seed,
+                   offset: int) -> Tensor:
+    spatial = ", ".join(f"k{d}" for d in range(dims))
+    weight = check.check_expanded_weight(
+        weight, dims + 2, f"[expansion, out_channels, in_channels / groups, {spatial}]")
+    bias = check.check_bias(bias, weight.shape[1])
+    check.check_floating(input, "input")
+    if input.dim() not in (dims + 1, dims + 2):
+        raise ValueError(f"conv{dims}d input must be {dims + 2}-D (batched) or {dims + 1}-D (unbatched), got shape "
+                         f"{tuple(input.shape)}")
+    channels = input.shape[-dims - 1]
+    if channels != weight.shape[2] * groups:
+        raise ValueError(f"input has {channels} channels but weight expects in_channels / groups * groups = "
+                         f"{weight.shape[2]} * {groups}; input shape {tuple(input.shape)}, weight shape "
+                         f"{tuple(weight.shape)}")
+    mixed = _mixed_weight(input, weight, bias, seed, offset)
+    return _CONV[dims](input, mixed, bias, stride, padding, dilation, groups)
+
+
+def majority_conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrTuple = 1,
+                    padding: Union[IntOrTuple, str] = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+                    seed: Seed, offset: int = 0) -> Tensor:
+    """F.conv1d with the mixed kernel of weight [expansion, out_channels, in_channels / groups, k]."""
+    return _majority_conv(1, input, weight, bias, stride, padding, dilation, groups, seed, offset)
+
+
+def majority_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrTuple = 1,
+                    padding: Union[IntOrTuple, str] = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+                    seed: Seed, offset: int = 0) -> Tensor:
+    """F.conv2d with the mixed kernel of weight [expansion, out_channels, in_channels / groups, kh, kw]."""
+    return _majority_conv(2, input, weight, bias, stride, padding, dilation, groups, seed, offset)
+
+
+def majority_conv3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrTuple = 1,
+                    padding: Union[IntOrTuple, str] = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+                    seed: Seed, offset: int = 0) -> Tensor:
+    """F.conv3d with the mixed kernel of weight [expansion, out_channels, in_channels / groups, kd, kh, kw]."""
+    return _majority_conv(3, input, weight, bias, stride, padding, dilation, groups, seed, offset)

@@ -1,0 +1,207 @@
+"""Drop-in layers: MKLinear, MKConv1d, MKConv2d, MKConv3d.
+
+Each keeps `expansion` copies of the dense weight in one parameter of shape [expansion, *dense weight shape]; the
+bias is not expanded. In train mode every forward mixes the copies with fresh mixing weights (a new seed drawn
+from the weight device's torch generator); in eval mode it uses their mean, cached until the weights change.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import _validation as check
+from . import functional
+
+
+class _MKLayer(nn.Module):
+    """What every MK layer shares: the expanded weight, eval-mode mean, dense conversion."""
+
+    dense_type: type[nn.Module]
+    expansion: int
+    weight: nn.Parameter
+    bias: Optional[nn.Parameter]
+
+    @classmethod
+    def from_dense(cls, layer: nn.Module, expansion: int = 4, init: str = "replicate") -> "_MKLayer":
+        """The MK layer for a dense `layer`: "replicate" copies its weight into every copy (so the MK layer in
+        eval mode computes exactly what `layer` does); "independent" draws each copy afresh with the dense
+        layer's own initialisation, scaled by sqrt((e + 1) / 2) so the mixed kernel keeps the init's variance.
+        The bias is copied either way."""
+        if type(layer) is not cls.dense_type:
+            raise TypeError(f"{cls.__name__}.from_dense takes a {cls.dense_type.__module__}."
+                            f"{cls.dense_type.__name__}, got {type(layer).__name__}")
+        if isinstance(layer.weight, nn.parameter.UninitializedParameter):
+            raise ValueError(f"{cls.__name__}.from_dense needs an initialised layer; run a forward through the "
+                             "lazy layer first")
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module._adopt(layer, check.check_expansion(expansion), check.check_init(init))
+        return module
+
+    def _adopt(self, dense: nn.Module, expansion: int, init: str) -> None:
+        for name in self._hyperparameters:
+            setattr(self, name, getattr(dense, name))
+        self.expansion = expansion
+        if init == "replicate":
+            copies = dense.weight.detach().unsqueeze(0).repeat(expansion, *([1] * dense.weight.dim()))
+        else:
+            template = copy.deepcopy(dense)
+            draws = []
+            for _ in range(expansion):
+                template.reset_parameters()
+                draws.append(template.weight.detach().clone())
+            copies = torch.stack(draws) * math.sqrt((expansion + 1) / 2)
+        self.weight = nn.Parameter(copies, requires_grad=dense.weight.requires_grad)
+        if dense.bias is not None:
+            self.bias = nn.Parameter(dense.bias.detach().clone(), requires_grad=dense.bias.requires_grad)
+        else:
+            self.register_parameter("bias", None)
+        self._mean_cache: Optional[tuple[tuple, Tensor]] = None
+        self.train(dense.training)
+
+    def collapsed_weight(self) -> Tensor:
+        """The mean kernel mean_k weight[k]: what eval mode uses and what the dense layer gets."""
+        weight = self.weight
+        if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
+            return weight.mean(0)
+        # Cached while the weight is unchanged: in-place updates (optimizer steps, load_state_dict) bump _version,
+        # moves and casts change the storage.
+        key = (weight._version, weight.data_ptr(), weight.dtype, weight.device)
+        if self._mean_cache is None or self._mean_cache[0] != key:
+            self._mean_cache = (key, weight.detach().mean(0))
+        return self._mean_cache[1]
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.training:
+            return self._mixed_forward(input, functional.draw_seed(self.weight.device))
+        return self._dense_forward(input, self.collapsed_weight())
+
+    def to_dense(self) -> nn.Module:
+        """The plain torch.nn layer with the mean kernel (a copy: later changes to this layer do not reach it)."""
+        dense = self._empty_dense()
+        with torch.no_grad():
+            dense.weight.copy_(self.collapsed_weight())
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        dense.weight.requires_grad_(self.weight.requires_grad)
+        if self.bias is not None:
+            dense.bias.requires_grad_(self.bias.requires_grad)
+        return dense.train(self.training)
+
+    def fuse(self) -> nn.Module:
+        """timm's re-parameterisation hook (`reparameterize_model` calls it): the dense layer."""
+        return self.to_dense()
+
+    def _empty_dense(self) -> nn.Module:
+        """The dense layer with these hyperparameters, its parameters allocated but not initialised."""
+        layer = self._make_dense(device="meta", dtype=self.weight.dtype)
+        return layer.to_empty(device=self.weight.device)
+
+    _hyperparameters: tuple[str, ...]
+
+    def _make_dense(self, device, dtype) -> nn.Module:
+        raise NotImplementedError
+
+    def _mixed_forward(self, input: Tensor, seed: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _dense_forward(self, input: Tensor, weight: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class MKLinear(_MKLayer):
+    """nn.Linear with `expansion` mixed copies of its weight (weight: [expansion, out_features, in_features])."""
+
+    dense_type = nn.Linear
+    _hyperparameters = ("in_features", "out_features")
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, expansion: int = 4,
+                 init: str = "replicate", device=None, dtype=None) -> None:
+        super().__init__()
+        expansion, init = check.check_expansion(expansion), check.check_init(init)
+        self._adopt(nn.Linear(in_features, out_features, bias, device=device, dtype=dtype), expansion, init)
+
+    def _make_dense(self, device, dtype) -> nn.Module:
+        return nn.Linear(self.in_features, self.out_features, self.bias is not None, device=device, dtype=dtype)
+
+    def _mixed_forward(self, input: Tensor, seed: Tensor) -> Tensor:
+        return functional.majority_linear(input, self.weight, self.bias, seed=seed)
+
+    def _dense_forward(self, input: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(input, weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"expansion={self.expansion}")
+
+
+class _MKConvNd(_MKLayer):
+    dims: int
+    _hyperparameters = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                        "padding_mode", "_reversed_padding_repeated_twice")
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding: Union[int, tuple, str] = 0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None,
+                 dtype=None, *, expansion: int = 4, init: str = "replicate") -> None:
+        super().__init__()
+        expansion, init = check.check_expansion(expansion), check.check_init(init)
+        dense = self.dense_type(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                                padding_mode, device=device, dtype=dtype)
+        self._adopt(dense, expansion, init)
+
+    def _make_dense(self, device, dtype) -> nn.Module:
+        return self.dense_type(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                               self.dilation, self.groups, self.bias is not None, self.padding_mode, device=device,
+                               dtype=dtype)
+
+    def _padded(self, input: Tensor) -> tuple[Tensor, Union[tuple, str]]:
+        # Non-zero padding modes pad explicitly, then convolve without padding (as torch.nn.ConvNd does).
+        if self.padding_mode == "zeros":
+            return input, self.padding
+        return F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), 0
+
+    def _mixed_forward(self, input: Tensor, seed: Tensor) -> Tensor:
+        input, padding = self._padded(input)
+        conv = (functional.majority_conv1d, functional.majority_conv2d, functional.majority_conv3d)[self.dims - 1]
+        return conv(input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups, seed=seed)
+
+    def _dense_forward(self, input: Tensor, weight: Tensor) -> Tensor:
+        input, padding = self._padded(input)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self.dims - 1]
+        return conv(input, weight, self.bias, self.stride, padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"bias={self.bias is not None}")
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode!r}"
+        return text + f", expansion={self.expansion}"
+
+
+class MKConv1d(_MKConvNd):
+    """nn.Conv1d with `expansion` mixed copies of its kernel."""
+
+    dense_type, dims = nn.Conv1d, 1
+
+
+class MKConv2d(_MKConvNd):
+    """nn.Conv2d with `expansion` mixed copies of its kernel."""
+
+    dense_type, dims = nn.Conv2d, 2
+
+
+class MKConv3d(_MKConvNd):
+    """nn.Conv3d with `expansion` mixed copies of its kernel."""
+
+    dense_type, dims = nn.Conv3d, 3
+
+
+MK_LAYERS: dict[type[nn.Module], type[_MKLayer]] = {
+    nn.Linear: MKLinear, nn.Conv1d: MKConv1d, nn.Conv2d: MKConv2d, nn.Conv3d: MKConv3d}

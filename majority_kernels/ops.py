@@ -1,0 +1,66 @@
+"""The compiled ops (`torch.ops.majority_kernels.*`): loading the extension, fake kernels, autograd formulas.
+
+The schemas and the device kernels live in C++ (csrc/ops.cpp, csrc/cpu). Here they get what torch.compile and
+autograd need. combine and scatter are each other's adjoint (combine sums P_k * x_k over k, scatter spreads
+P_k * g to every k), so each one's backward is the other with the same (seed, offset): P is regenerated,
+never stored, and double backward works too.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (importing it registers the ops)
+
+    EXTENSION_ERROR: Exception | None = None
+except ImportError as error:  # installed with MK_BUILD_EXT=0, or a broken build
+    EXTENSION_ERROR = error
+
+HAS_EXTENSION = EXTENSION_ERROR is None
+
+
+def _register() -> None:
+    ns = "majority_kernels"
+
+    @torch.library.register_fake(f"{ns}::combine")
+    def _combine_fake(weight, seed, offset, out_dtype=None):
+        return weight.new_empty(weight.shape[1:], dtype=out_dtype or weight.dtype)
+
+    @torch.library.register_fake(f"{ns}::scatter")
+    def _scatter_fake(grad, seed, offset, expansion, out_dtype=None):
+        return grad.new_empty((expansion, *grad.shape), dtype=out_dtype or grad.dtype)
+
+    @torch.library.register_fake(f"{ns}::scatter_add_")
+    def _scatter_add_fake(grad_weight, grad, seed, offset):
+        return None
+
+    @torch.library.register_fake(f"{ns}::mixing_weights")
+    def _mixing_weights_fake(seed, offset, expansion, numel):
+        return seed.new_empty((expansion, numel), dtype=torch.float32)
+
+    def _combine_setup(ctx, inputs, output):
+        weight, seed, offset, _ = inputs
+        ctx.save_for_backward(seed)
+        ctx.offset, ctx.expansion, ctx.weight_dtype = offset, weight.shape[0], weight.dtype
+
+    def _combine_backward(ctx, grad):
+        (seed,) = ctx.saved_tensors
+        grad_weight = torch.ops.majority_kernels.scatter(grad, seed, ctx.offset, ctx.expansion, ctx.weight_dtype)
+        return grad_weight, None, None, None
+
+    def _scatter_setup(ctx, inputs, output):
+        grad, seed, offset, _, _ = inputs
+        ctx.save_for_backward(seed)
+        ctx.offset, ctx.grad_dtype = offset, grad.dtype
+
+    def _scatter_backward(ctx, grad_copies):
+        (seed,) = ctx.saved_tensors
+        return torch.ops.majority_kernels.combine(grad_copies, seed, ctx.offset, ctx.grad_dtype), None, None, None, None
+
+    torch.library.register_autograd(f"{ns}::combine", _combine_backward, setup_context=_combine_setup)
+    torch.library.register_autograd(f"{ns}::scatter", _scatter_backward, setup_context=_scatter_setup)
+
+
+if HAS_EXTENSION:
+    _register()

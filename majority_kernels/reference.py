@@ -1,0 +1,102 @@
+"""Plain-PyTorch versions of the mixing: the test oracle and the benchmark baseline.
+
+* The spec of DESIGN.md section 4 materialised in float64 (`philox4x32_10`, `uniforms`, `mixing_weights`,
+  `combine`, `scatter`): the oracle every backend is checked against, and the `reference` backend. Written with
+  int64 tensor arithmetic only, so it runs on any device and under torch.compile.
+* `naive_combine`: what a user would write by hand (``exponential_()``, materialised P, autograd keeps it for the
+  backward). It does not follow the spec's RNG; it is the baseline the benchmarks compare against.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
+_PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+_UNIFORM_SCALE = 4.6566127342e-10
+
+
+def counters_per_element(expansion: int) -> int:
+    """R = ceil(e / 4): one Philox call yields four words, one per copy."""
+    return (expansion + 3) // 4
+
+
+def _mulhilo(a: Tensor, b: int) -> tuple[Tensor, Tensor]:
+    # a < 2^32 and b < 2^32: the int64 product wraps, but its low 64 bits (two's complement) are exact.
+    product = a * b
+    return (product >> 32) & _MASK32, product & _MASK32
+
+
+def philox4x32_10(counter: tuple[Tensor, Tensor, Tensor, Tensor], key: tuple[Tensor, Tensor]) -> list[Tensor]:
+    """Philox4x32-10 on int64 tensors holding 32-bit words; broadcasts over the counter and key tensors."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        hi0, lo0 = _mulhilo(c0, _PHILOX_M0)
+        hi1, lo1 = _mulhilo(c2, _PHILOX_M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + _PHILOX_W0) & _MASK32
+        k1 = (k1 + _PHILOX_W1) & _MASK32
+    return [c0, c1, c2, c3]
+
+
+def uniform_from_words(words: Tensor) -> Tensor:
+    """Triton's uint_to_uniform_float: word as int32, negatives folded with ~x, times 4.6566127342e-10."""
+    signed = torch.where(words >= 2**31, words - 2**32, words)
+    folded = torch.where(signed < 0, -signed - 1, signed)
+    return folded.to(torch.float32) * _UNIFORM_SCALE
+
+
+def _seed_key(seed: int | Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
+    return seed & _MASK32, (seed >> 32) & _MASK32
+
+
+def uniforms(expansion: int, numel: int, seed: int | Tensor, offset: int = 0, *, device=None) -> Tensor:
+    """u[k, i] of section 4 as float32, shape [expansion, numel]."""
+    device = torch.device(device) if device is not None else (
+        seed.device if isinstance(seed, Tensor) else torch.device("cpu"))
+    groups = counters_per_element(expansion)
+    index = torch.arange(numel, dtype=torch.int64, device=device)
+    group = torch.arange(groups, dtype=torch.int64, device=device)
+    # c = offset + i * R + k // 4 (mod 2^64), as signed int64 with wrapping adds.
+    signed_offset = offset - 2**64 if offset >= 2**63 else offset
+    counter = (index[None, :] * groups + group[:, None]) + signed_offset
+    zero = torch.zeros_like(counter)
+    words = philox4x32_10((counter & _MASK32, (counter >> 32) & _MASK32, zero, zero), _seed_key(seed, device))
+    # words[j][g, i] is copy 4g + j of element i.
+    stacked = torch.stack(words, dim=1).reshape(groups * 4, numel)[:expansion]
+    return uniform_from_words(stacked)
+
+
+def mixing_weights(expansion: int, numel: int, seed: int | Tensor, offset: int = 0, *, device=None) -> Tensor:
+    """P[k, i] of section 4 in float64 (from the float32 uniforms), shape [expansion, numel]."""
+    u = uniforms(expansion, numel, seed, offset, device=device).to(torch.float64)
+    g = -torch.log1p(-u)
+    total = g.sum(0, keepdim=True)
+    # A zero sum (every u == 0) gives the uniform 1 / e, as every backend does.
+    return torch.where(total > 0, g / total.clamp_min(torch.finfo(torch.float64).tiny), 1.0 / expansion)
+
+
+def combine(weight: Tensor, seed: int | Tensor, offset: int = 0, out_dtype: torch.dtype | None = None) -> Tensor:
+    """W_eff = sum_k P_k * W_k computed in float64 with P materialised; differentiable through autograd."""
+    expansion = weight.shape[0]
+    p = mixing_weights(expansion, weight[0].numel(), seed, offset, device=weight.device).view(weight.shape)
+    return (p * weight.to(torch.float64)).sum(0).to(out_dtype or weight.dtype)
+
+
+def scatter(grad: Tensor, seed: int | Tensor, offset: int, expansion: int,
+            out_dtype: torch.dtype | None = None) -> Tensor:
+    """grad_weight[k] = P_k * grad, in float64 with P materialised."""
+    p = mixing_weights(expansion, grad.numel(), seed, offset, device=grad.device)
+    p = p.view(expansion, *grad.shape)
+    return (p * grad.to(torch.float64)).to(out_dtype or grad.dtype)
+
+
+def naive_combine(weight: Tensor) -> Tensor:
+    """The hand-written version: P drawn with exponential_() and materialised, kept by autograd for backward."""
+    g = torch.empty_like(weight).exponential_()
+    p = g / g.sum(0, keepdim=True)
+    return (p * weight).sum(0)
