@@ -8,7 +8,6 @@ a RuntimeError that says why: there is never a silent fallback to a slower path.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 import warnings
 from dataclasses import dataclass
@@ -66,7 +65,9 @@ BACKENDS: dict[str, Backend] = {
 # What "auto" tries, fastest first, per device type; the first backend that can run wins.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpu",)}
 
-_active: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("majority_kernels_backend", default=None)
+# The names of the enclosing use_backend blocks, innermost last. A plain list (not a ContextVar) so that
+# torch.compile can trace the lookup; the choice is process-wide, like torch's own backend flags.
+_active: list[str] = []
 _warned: set[str] = set()
 
 
@@ -78,20 +79,19 @@ def _check_name(name: str) -> str:
 
 def requested() -> str:
     """The backend name in force: the innermost `use_backend`, else MK_BACKEND, else "auto"."""
-    active = _active.get()
-    if active is not None:
-        return active
+    if _active:
+        return _active[-1]
     return _check_name(os.environ.get("MK_BACKEND", AUTO).strip().lower() or AUTO)
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Run the enclosed code with backend `name` ("auto", "reference", "cpu", ...)."""
-    token = _active.set(_check_name(name))
+    _active.append(_check_name(name))
     try:
         yield
     finally:
-        _active.reset(token)
+        _active.pop()
 
 
 def _warn_once(key: str, message: str) -> None:

@@ -79,7 +79,7 @@ class _MKLayer(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         if self.training:
-            return self._mixed_forward(input, functional.draw_seed(self.weight.device))
+            return self._mixed_forward(input, functional.draw_seed(self.weight, input))
         return self._dense_forward(input, self.collapsed_weight())
 
     def to_dense(self) -> nn.Module:

@@ -1,0 +1,39 @@
+"""Shared helpers of the test suite."""
+
+import torch
+
+import majority_kernels as mk
+
+# The backends that run on CPU tensors in this install; "reference" always, "cpu" when the extension is built.
+CPU_BACKENDS = mk.available_backends("cpu")
+FAST_CPU_BACKENDS = [name for name in CPU_BACKENDS if name != "reference"]
+
+EXPANSIONS = [1, 2, 3, 4, 5, 8]
+
+# Tolerances against the float64 reference, by the dtype of the compared output.
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+    torch.float16: dict(rtol=2e-3, atol=1e-3),
+}
+
+
+def random_seed(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**62, (), generator=generator)) * 2 + int(torch.randint(0, 2, (), generator=generator))
+
+
+def assert_matches_reference(actual: torch.Tensor, expected: torch.Tensor, *inputs_dtypes: torch.dtype) -> None:
+    """actual (any dtype) against the float64 expected value, with the tolerance of the least precise of actual's
+    dtype and the dtypes the inputs had (a float32 input computed into float64 is float32-accurate)."""
+    assert expected.dtype == torch.float64
+    dtype = max((actual.dtype, *inputs_dtypes), key=lambda d: TOLERANCES[d]["rtol"])
+    torch.testing.assert_close(actual.to(torch.float64), expected, **TOLERANCES[dtype])
+
+
+def assert_gemm_matches_reference(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """As assert_matches_reference, for results of a float32/16 matrix product or convolution: their rounding
+    grows with the reduction length, so the absolute tolerance is wider than for the elementwise kernels."""
+    tolerance = dict(TOLERANCES[actual.dtype])
+    tolerance["atol"] = max(tolerance["atol"], 3e-5)
+    torch.testing.assert_close(actual.to(torch.float64), expected, **tolerance)
