@@ -43,8 +43,7 @@ def _reference_mixing_weights(seed: Tensor, offset: int, expansion: int, numel: 
 
 def _cpu_unavailable(device: torch.device) -> Optional[str]:
     if not ops.HAS_EXTENSION:
-        return (f"the C++ extension majority_kernels._C is not available ({ops.EXTENSION_ERROR}); "
-                "it is skipped only by installing with MK_BUILD_EXT=0: reinstall without it to build the CPU kernels")
+        return f"the C++ extension is unavailable: {ops.EXTENSION_ERROR}"
     if device.type != "cpu":
         return f"backend 'cpu' runs on CPU tensors only, not on {device}"
     return None

@@ -8,15 +8,26 @@ never stored, and double backward works too.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from typing import Optional
+
 import torch
 
-try:
-    from . import _C  # noqa: F401  (importing it registers the ops)
+def _load_extension() -> Optional[str]:
+    """Imports the C++ extension (which registers the ops); returns None, or why it is unavailable."""
+    if importlib.util.find_spec(f"{__package__}._C") is None:
+        return ("this is a pure-Python install (MK_BUILD_EXT=0); reinstall without MK_BUILD_EXT=0 to build the "
+                "C++ kernels")
+    try:
+        importlib.import_module(f"{__package__}._C")
+    except ImportError as error:  # e.g. built against another torch
+        return (f"majority_kernels._C failed to load ({error}); rebuild it against the installed torch with "
+                "`pip install --no-build-isolation --force-reinstall .`")
+    return None
 
-    EXTENSION_ERROR: Exception | None = None
-except ImportError as error:  # installed with MK_BUILD_EXT=0, or a broken build
-    EXTENSION_ERROR = error
 
+EXTENSION_ERROR = _load_extension()
 HAS_EXTENSION = EXTENSION_ERROR is None
 
 
