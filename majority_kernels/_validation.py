@@ -26,19 +26,26 @@ def check_init(init: object) -> str:
     return init
 
 
+def _check_seed_range(seed: int) -> None:
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed must lie in [0, 2^63), got {seed}")
+
+
 def seed_tensor(seed: object, device: torch.device) -> Tensor:
     """The seed as a one-element int64 tensor on `device` (where the kernels read it)."""
     if isinstance(seed, Tensor):
         if seed.dtype != torch.int64 or seed.numel() != 1:
             raise TypeError(f"seed tensor must hold one int64 value, got dtype {seed.dtype} and shape "
                             f"{tuple(seed.shape)}")
+        # Eager CPU values are checked here; others where the kernel reads them (no device sync here).
+        if seed.device.type == "cpu" and not torch.compiler.is_compiling():
+            _check_seed_range(int(seed))
         return seed.reshape(()).to(device)
     if isinstance(seed, float) and not math.isfinite(seed):
         raise ValueError(f"seed must be a finite integer in [0, 2^63), got {seed}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int in [0, 2^63) or an int64 tensor, got {type(seed).__name__} {seed!r}")
-    if not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"seed must lie in [0, 2^63), got {seed}")
+    _check_seed_range(seed)
     return torch.tensor(int(seed), dtype=torch.int64, device=device)
 
 

@@ -12,15 +12,28 @@ from .layers import MK_LAYERS, _MKLayer
 DEFAULT_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _replace_children(module: nn.Module, replace: Callable[[str, nn.Module], Optional[nn.Module]],
-                      prefix: str = "") -> None:
-    for name, child in module.named_children():
-        path = f"{prefix}{name}"
-        new = replace(path, child)
-        if new is not None:
-            setattr(module, name, new)
-        else:
-            _replace_children(child, replace, path + ".")
+def _replace_children(module: nn.Module, replace: Callable[[str, nn.Module], Optional[nn.Module]]) -> None:
+    """Calls replace(qualified_name, child) on every descendant, top-down, and swaps in what it returns (None:
+    keep the child and look inside it). A module reachable under several names (a tied layer) is replaced once
+    and the same replacement goes under every name, so ties survive."""
+    replaced: dict[int, nn.Module] = {}
+    visited: set[int] = set()
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if id(child) not in replaced:
+                new = replace(f"{prefix}{name}", child)
+                replaced[id(child)] = child if new is None else new
+            new = replaced[id(child)]
+            if new is not child:
+                setattr(parent, name, new)
+            elif id(child) not in visited:
+                visited.add(id(child))
+                visit(child, f"{prefix}{name}.")
+
+    visit(module, "")
 
 
 def convert(module: nn.Module, expansion: int = 4, *, init: str = "replicate",
@@ -38,6 +51,9 @@ def convert(module: nn.Module, expansion: int = 4, *, init: str = "replicate",
                          f"{[t.__name__ for t in MK_LAYERS]}")
 
     def replace(name: str, layer: nn.Module) -> Optional[nn.Module]:
+        if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.cls_to_become in layer_types:
+            raise ValueError(f"convert found the uninitialised lazy layer {name or type(layer).__name__!r}; run a "
+                             "forward through the model first so that its shape is known")
         if type(layer) not in layer_types or (filter is not None and not filter(name, layer)):
             return None
         return MK_LAYERS[type(layer)].from_dense(layer, expansion, init)

@@ -19,6 +19,13 @@ from . import _validation as check
 from . import functional
 
 
+def _mean_of_copies(weight: Tensor) -> Tensor:
+    """mean_k weight[k], written as w_0 + sum_k (w_k - w_0) / e so that equal copies (init="replicate") give the
+    dense weight bit for bit, where a plain mean would round 3 w / 3 to a neighbouring float."""
+    first = weight[0]
+    return first + (weight[1:] - first).sum(0) / weight.shape[0]
+
+
 class _MKLayer(nn.Module):
     """What every MK layer shares: the expanded weight, eval-mode mean, dense conversion."""
 
@@ -33,12 +40,12 @@ class _MKLayer(nn.Module):
         eval mode computes exactly what `layer` does); "independent" draws each copy afresh with the dense
         layer's own initialisation, scaled by sqrt((e + 1) / 2) so the mixed kernel keeps the init's variance.
         The bias is copied either way."""
+        if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():
+            raise ValueError(f"{cls.__name__}.from_dense needs an initialised layer; run a forward through the "
+                             f"lazy {type(layer).__name__} first")
         if type(layer) is not cls.dense_type:
             raise TypeError(f"{cls.__name__}.from_dense takes a {cls.dense_type.__module__}."
                             f"{cls.dense_type.__name__}, got {type(layer).__name__}")
-        if isinstance(layer.weight, nn.parameter.UninitializedParameter):
-            raise ValueError(f"{cls.__name__}.from_dense needs an initialised layer; run a forward through the "
-                             "lazy layer first")
         module = cls.__new__(cls)
         nn.Module.__init__(module)
         module._adopt(layer, check.check_expansion(expansion), check.check_init(init))
@@ -69,13 +76,18 @@ class _MKLayer(nn.Module):
         """The mean kernel mean_k weight[k]: what eval mode uses and what the dense layer gets."""
         weight = self.weight
         if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
-            return weight.mean(0)
+            return _mean_of_copies(weight)
         # Cached while the weight is unchanged: in-place updates (optimizer steps, load_state_dict) bump _version,
-        # moves and casts change the storage.
+        # moves and casts change the storage. (Writes through `.data` bypass the version counter: make them under
+        # torch.no_grad() on the parameter itself.) Nothing is cached in inference mode, whose tensors autograd
+        # could not use later.
         key = (weight._version, weight.data_ptr(), weight.dtype, weight.device)
-        if self._mean_cache is None or self._mean_cache[0] != key:
-            self._mean_cache = (key, weight.detach().mean(0))
-        return self._mean_cache[1]
+        if self._mean_cache is not None and self._mean_cache[0] == key:
+            return self._mean_cache[1]
+        mean = _mean_of_copies(weight.detach())
+        if not torch.is_inference_mode_enabled():
+            self._mean_cache = (key, mean)
+        return mean
 
     def forward(self, input: Tensor) -> Tensor:
         if self.training:
