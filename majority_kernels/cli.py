@@ -1,0 +1,147 @@
+"""The `majority-kernels` command (also `python -m majority_kernels`). Subcommands: bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from . import bench
+from .backends import backend_for, use_backend
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _expansions(text: str) -> tuple[int, ...]:
+    """"2,4,8" -> (2, 4, 8); every expansion an integer >= 1."""
+    parse = _int_at_least(1, "expansion")
+    return tuple(dict.fromkeys(parse(item.strip()) for item in text.split(",")))
+
+
+def _shapes(shape_type: type) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        try:
+            return bench.parse_shapes(text, shape_type)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parse
+
+
+def _sections(text: str) -> frozenset[str]:
+    sections = {item.strip().lower() for item in text.split(",")}
+    unknown = sections - set(bench.SECTIONS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {sorted(unknown)}: choose from {list(bench.SECTIONS)}")
+    return frozenset(sections)
+
+
+def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="time MK layers and kernels against dense, naive and torch.compile(naive)",
+        description="Forward + backward of MKLinear / MKConv2d against dense nn.Linear / nn.Conv2d, the naive "
+                    "SOP layer eager and under torch.compile, and combine / scatter alone: median time, ratios, "
+                    "bytes saved for backward, CUDA peak memory, distance from the memory-traffic floor. Writes "
+                    "<output>.json and <output>.md. Defaults depend on the device (bigger sets on CUDA).")
+    parser.add_argument("--shapes", type=_shapes(bench.LinearShape), metavar="MxNxK[,...]",
+                        help="linear shapes (x: [M, K], weight: [N, K]); default: per device")
+    parser.add_argument("--conv-shapes", type=_shapes(bench.ConvShape), metavar="BxCINxCOUTxHxWxKERNEL[,...]",
+                        help="conv2d shapes (stride 1, same padding); default: per device")
+    parser.add_argument("--expansion", type=_expansions, metavar="E[,...]",
+                        help="expansions, for every shape; default: 2,4,8 for linear, 4 for conv")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                        help="compute dtype; bf16 / fp16 run under torch.autocast with float32 master weights; "
+                             "auto (default): float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto (default): cuda when available, else cpu")
+    parser.add_argument("--backend", default="auto", metavar="NAME[,...]",
+                        help="majority-kernels backends for the MK variants, each one benchmarked (auto, cpu, "
+                             "reference, ...); default: auto")
+    parser.add_argument("--repeats", type=_int_at_least(1, "repeats"), default=20,
+                        help="timed rounds per case; default: 20")
+    parser.add_argument("--warmup", type=_int_at_least(0, "warmup"), default=3,
+                        help="untimed rounds per case, after the first call of every variant (untimed too); "
+                             "default: 3")
+    parser.add_argument("--output", metavar="PATH",
+                        help="folder, or file stem (.json / .md added); default: "
+                             "benchmarks/results/<device>-<model>-<dtype> under the working directory")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="skip the torch.compile(naive) baseline")
+    parser.add_argument("--only", type=_sections, metavar="SECTION[,...]",
+                        help=f"sections to run, from {','.join(bench.SECTIONS)}; default: all")
+    parser.set_defaults(handler=_bench, parser=parser)
+
+
+def _device(name: str, parser: argparse.ArgumentParser) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        parser.error("argument --device: cuda requested but torch sees no CUDA device "
+                     f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+    return torch.device(name)
+
+
+def _backends(text: str, device: torch.device, parser: argparse.ArgumentParser) -> tuple[str, ...]:
+    """The backends named (auto resolved to the one it picks here); an error for one that cannot run."""
+    resolved = []
+    for name in (item.strip().lower() for item in text.split(",")):
+        try:
+            with use_backend(name):
+                resolved.append(backend_for(device).name)
+        except (ValueError, RuntimeError) as error:
+            parser.error(f"argument --backend: {error}")
+    return tuple(dict.fromkeys(resolved))
+
+
+def _bench_config(args: argparse.Namespace) -> bench.BenchConfig:
+    """The run the options ask for, the device's defaults filling in what they leave out."""
+    parser = args.parser
+    device = _device(args.device, parser)
+    defaults = bench.DEFAULTS[device.type]
+    dtype = defaults.dtype if args.dtype == "auto" else DTYPES[args.dtype]
+    return bench.BenchConfig(
+        device=device, dtype=dtype, backends=_backends(args.backend, device, parser),
+        linear_shapes=args.shapes or defaults.linear_shapes,
+        linear_expansions=args.expansion or defaults.linear_expansions,
+        conv_shapes=args.conv_shapes or defaults.conv_shapes,
+        conv_expansions=args.expansion or defaults.conv_expansions,
+        sections=args.only or frozenset(bench.SECTIONS),
+        repeats=args.repeats, warmup=args.warmup, compile=args.compile,
+        output=bench.resolve_output(args.output, bench.default_name(device, dtype)))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    config = _bench_config(args)
+    report = bench.run(config)
+    print(bench.to_markdown(report))
+    for path in bench.write(report, config.output):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="majority-kernels",
+                                     description="majority-kernels: Simulated Overparameterization kernels")
+    subparsers = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+    _add_bench_parser(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `majority-kernels` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
