@@ -1,60 +1,141 @@
-// CPU layout of the mixing weights: P for a block of kLanes consecutive elements at a time, so that every loop
-// below runs over lanes with no branches or calls and the compiler turns it into SIMD code.
+// The CPU kernels proper, for one instruction set: included once by each of kernels_{avx512,avx2,portable}.cpp,
+// after they choose the instruction set (see simd_word.h), and only there (see kernel_table.h for why).
+//
+// Work goes in blocks of kLanes consecutive elements: Philox for the block's counters with the vector Word, then
+// loops over the lanes with no branches or calls, which the compiler vectorises for the chosen instruction set.
 #pragma once
 
-#include <algorithm>
-#include <cstdint>
-
-#include "majority_kernels/mixing.h"
+#include "kernel_table.h"
+#include "simd_word.h"
 
 namespace majority_kernels {
 namespace cpu {
+namespace MK_CPU_CAPABILITY {
 
-constexpr int64_t kLanes = 64;
+static_assert(kLanes % kWordLanes == 0, "a block is a whole number of Words");
 
-// mix[k * kLanes + l] = P[k, first + l] for every lane, in the math type T (float, or double for float64); the
-// callers ignore lanes past the end of the tensor. `words` is scratch of 4 * kLanes; `mix` holds
-// expansion * kLanes values.
-template <typename T>
-__attribute__((always_inline)) inline void mixing_block(uint64_t seed, uint64_t offset, int64_t expansion, int64_t first, uint32_t* __restrict words, T* __restrict mix) {
-  const int64_t groups = counters_per_element(expansion);
-  const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
+// Calls use(k, l, g) for every copy k and lane l of the block at `first`, where g is the Exp(1) draw g_k of
+// element first + l (section 4, before the normalisation) in the math type T. Copies come in increasing k.
+template <typename T, typename Use>
+MK_CPU_INLINE void for_each_draw(const MixingArgs& args, int64_t first, const Use& use) {
+  const int64_t groups = counters_per_element(args.expansion);
+  const Word key0 = broadcast(static_cast<uint32_t>(args.seed));
+  const Word key1 = broadcast(static_cast<uint32_t>(args.seed >> 32));
+  alignas(64) uint32_t words[4][kLanes];
   for (int64_t group = 0; group < groups; ++group) {
-    // The lane's 64-bit counter base + l * groups, in 32-bit halves with an explicit carry (32-bit lanes
-    // vectorise; l * groups < 2^32, so at most one carry).
-    const uint64_t base = element_counter(offset, static_cast<uint64_t>(first), expansion, group);
-    const uint32_t base_lo = static_cast<uint32_t>(base), base_hi = static_cast<uint32_t>(base >> 32);
-    const uint32_t stride = static_cast<uint32_t>(groups);
-    for (int64_t l = 0; l < kLanes; ++l) {
-      uint32_t c0 = base_lo + static_cast<uint32_t>(l) * stride;
-      uint32_t c1 = base_hi + (c0 < base_lo ? 1u : 0u), c2 = 0, c3 = 0;
+    // Lane l's counter is base + l * groups (64-bit; `counters` carries into the high word where a block
+    // crosses a multiple of 2^32).
+    const uint64_t base = element_counter(args.offset, static_cast<uint64_t>(first), args.expansion, group);
+    for (int64_t l = 0; l < kLanes; l += kWordLanes) {
+      Word c0, c1, c2 = broadcast(0), c3 = broadcast(0);
+      counters(base + static_cast<uint64_t>(l * groups), static_cast<uint32_t>(groups), c0, c1);
       philox4x32_10(c0, c1, c2, c3, key0, key1);
-      words[l] = c0;
-      words[kLanes + l] = c1;
-      words[2 * kLanes + l] = c2;
-      words[3 * kLanes + l] = c3;
+      store(words[0] + l, c0);
+      store(words[1] + l, c1);
+      store(words[2] + l, c2);
+      store(words[3] + l, c3);
     }
-    const int64_t copies = std::min<int64_t>(4, expansion - 4 * group);
-    for (int64_t j = 0; j < copies; ++j) {
-      T* __restrict g = mix + (4 * group + j) * kLanes;
-      const uint32_t* __restrict w = words + j * kLanes;
-      for (int64_t l = 0; l < kLanes; ++l) g[l] = exponential_from_uniform<T>(uniform_from_word(w[l]));
-    }
+    const int64_t copies = args.expansion - 4 * group < 4 ? args.expansion - 4 * group : 4;
+    for (int64_t j = 0; j < copies; ++j)
+      for (int64_t l = 0; l < kLanes; ++l)
+        use(4 * group + j, l, exponential_from_uniform<T>(uniform_from_word(words[j][l])));
   }
-  // Normalise. A sum of exactly zero (every u == 0, probability 2^-31 per copy) gives the uniform 1/e.
-  T inverse[kLanes], fallback[kLanes];
-  for (int64_t l = 0; l < kLanes; ++l) inverse[l] = mix[l];
-  for (int64_t k = 1; k < expansion; ++k)
-    for (int64_t l = 0; l < kLanes; ++l) inverse[l] += mix[k * kLanes + l];
-  const T uniform = T(1) / static_cast<T>(expansion);
+}
+
+// mix[k * kLanes + l] = P[k, first + l].
+template <typename T>
+MK_CPU_INLINE void mixing_block(const MixingArgs& args, int64_t first, T* __restrict mix) {
+  alignas(64) T sum[kLanes] = {};
+  for_each_draw<T>(args, first, [&](int64_t k, int64_t l, T g) {
+    mix[k * kLanes + l] = g;
+    sum[l] += g;
+  });
+  // A sum of exactly zero (every u == 0, probability 2^-31 per copy) gives the uniform 1/e.
+  alignas(64) T inverse[kLanes], fallback[kLanes];
+  const T uniform = T(1) / static_cast<T>(args.expansion);
   for (int64_t l = 0; l < kLanes; ++l) {
-    const bool positive = inverse[l] > T(0);
+    const bool positive = sum[l] > T(0);
     fallback[l] = positive ? T(0) : uniform;
-    inverse[l] = T(1) / (positive ? inverse[l] : T(1));
+    inverse[l] = T(1) / (positive ? sum[l] : T(1));
   }
-  for (int64_t k = 0; k < expansion; ++k)
+  for (int64_t k = 0; k < args.expansion; ++k)
     for (int64_t l = 0; l < kLanes; ++l) mix[k * kLanes + l] = mix[k * kLanes + l] * inverse[l] + fallback[l];
 }
 
+// out[i] = sum_k P[k, i] * weight[k * numel + i] for the block's elements i, as (sum_k g_k w_k) / (sum_k g_k):
+// P is never stored.
+MK_CPU_INLINE void combine_block(const MixingArgs& args, const float* __restrict weight, int64_t numel,
+                                 float* __restrict out, int64_t first) {
+  const float* __restrict w = weight + first;
+  alignas(64) float sum[kLanes] = {}, acc[kLanes] = {};
+  for_each_draw<float>(args, first, [&](int64_t k, int64_t l, float g) {
+    sum[l] += g;
+    acc[l] += g * w[k * numel + l];
+  });
+  int zero_sums = 0;  // an int, not a bool: the loop vectorises
+  for (int64_t l = 0; l < kLanes; ++l) {
+    out[first + l] = acc[l] / sum[l];
+    zero_sums += sum[l] > 0.0f ? 0 : 1;
+  }
+  if (zero_sums != 0) {  // some lane drew u == 0 for every copy (probability 2^-31 per copy): P = 1/e there
+    for (int64_t l = 0; l < kLanes; ++l) {
+      if (sum[l] > 0.0f) continue;
+      float total = 0.0f;
+      for (int64_t k = 0; k < args.expansion; ++k) total += w[k * numel + l];
+      out[first + l] = total / static_cast<float>(args.expansion);
+    }
+  }
+}
+
+// grad_weight[k * numel + i] (+)= P[k, i] * grad[i] for the block's elements i; `draws` holds expansion * kLanes.
+template <bool kAccumulate>
+MK_CPU_INLINE void scatter_block(const MixingArgs& args, const float* __restrict grad, int64_t numel,
+                                 float* __restrict grad_weight, int64_t first, float* __restrict draws) {
+  alignas(64) float sum[kLanes] = {};
+  for_each_draw<float>(args, first, [&](int64_t k, int64_t l, float g) {
+    draws[k * kLanes + l] = g;
+    sum[l] += g;
+  });
+  // P[k] * grad = g_k * scale + fallback, with the uniform 1/e where the sum is zero (as in mixing_block).
+  alignas(64) float scale[kLanes], fallback[kLanes];
+  const float uniform = 1.0f / static_cast<float>(args.expansion);
+  for (int64_t l = 0; l < kLanes; ++l) {
+    const bool positive = sum[l] > 0.0f;
+    scale[l] = grad[first + l] / (positive ? sum[l] : 1.0f);
+    fallback[l] = positive ? 0.0f : grad[first + l] * uniform;
+  }
+  for (int64_t k = 0; k < args.expansion; ++k) {
+    float* __restrict out = grad_weight + k * numel + first;
+    const float* __restrict g = draws + k * kLanes;
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const float value = g[l] * scale[l] + fallback[l];
+      out[l] = kAccumulate ? out[l] + value : value;
+    }
+  }
+}
+
+// The exported kernels (KernelTable).
+
+void mixing_f32(const MixingArgs& args, int64_t first, float* mix) { mixing_block<float>(args, first, mix); }
+
+void mixing_f64(const MixingArgs& args, int64_t first, double* mix) { mixing_block<double>(args, first, mix); }
+
+void combine_f32(const MixingArgs& args, const float* weight, int64_t numel, float* out, int64_t begin, int64_t end) {
+  for (int64_t first = begin; first < end; first += kLanes) combine_block(args, weight, numel, out, first);
+}
+
+void scatter_f32(const MixingArgs& args, const float* grad, int64_t numel, float* grad_weight, bool accumulate,
+                 int64_t begin, int64_t end, float* scratch) {
+  for (int64_t first = begin; first < end; first += kLanes) {
+    if (accumulate)
+      scatter_block<true>(args, grad, numel, grad_weight, first, scratch);
+    else
+      scatter_block<false>(args, grad, numel, grad_weight, first, scratch);
+  }
+}
+
+constexpr KernelTable kKernels = {&mixing_f32, &mixing_f64, &combine_f32, &scatter_f32};
+
+}  // namespace MK_CPU_CAPABILITY
 }  // namespace cpu
 }  // namespace majority_kernels

@@ -5,62 +5,131 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
 #include <vector>
 
-#include "mixing_block.h"
+#include "kernel_table.h"
 
 namespace majority_kernels {
 namespace cpu {
 namespace {
 
-// The RNG and log loops are the expensive part: on x86-64 compile them twice, baseline and AVX2/FMA, and let the
-// loader pick the one the processor runs (GCC/Clang function multiversioning); elsewhere compile them once.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define MK_SIMD_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define MK_SIMD_CLONES
+// The kernel build for this processor, chosen once: AVX-512, AVX2 or portable, at most the level named by the
+// environment variable MK_CPU_CAPABILITY (avx512, avx2 or portable: to test and time the lower ones).
+const KernelTable& kernels() {
+  static const KernelTable& table = []() -> const KernelTable& {
+    const char* cap = std::getenv("MK_CPU_CAPABILITY");
+    const std::string limit = cap != nullptr ? cap : "avx512";
+    TORCH_CHECK(limit == "avx512" || limit == "avx2" || limit == "portable",
+                "majority_kernels: MK_CPU_CAPABILITY must be avx512, avx2 or portable, got '", limit, "'");
+#if MK_CPU_X86_BUILDS
+    __builtin_cpu_init();
+    if (limit == "avx512" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+      return kAvx512Kernels;
+    if (limit != "portable" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2Kernels;
 #endif
-
-MK_SIMD_CLONES void mixing_block_f32(uint64_t seed, uint64_t offset, int64_t expansion, int64_t first,
-                                     uint32_t* words, float* mix) {
-  mixing_block<float>(seed, offset, expansion, first, words, mix);
-}
-
-MK_SIMD_CLONES void mixing_block_f64(uint64_t seed, uint64_t offset, int64_t expansion, int64_t first,
-                                     uint32_t* words, double* mix) {
-  mixing_block<double>(seed, offset, expansion, first, words, mix);
-}
-
-inline void compute_mixing(uint64_t seed, uint64_t offset, int64_t expansion, int64_t first, uint32_t* words,
-                           float* mix) {
-  mixing_block_f32(seed, offset, expansion, first, words, mix);
-}
-
-inline void compute_mixing(uint64_t seed, uint64_t offset, int64_t expansion, int64_t first, uint32_t* words,
-                           double* mix) {
-  mixing_block_f64(seed, offset, expansion, first, words, mix);
+    return kPortableKernels;
+  }();
+  return table;
 }
 
 // Float64 tensors mix in double; every other dtype in float.
 template <typename scalar_t>
 using math_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
-// Blocks of kLanes elements per task, enough blocks per task to amortise the scheduling.
+inline void compute_mixing(const KernelTable& table, const MixingArgs& args, int64_t first, float* mix) {
+  table.mixing_f32(args, first, mix);
+}
+
+inline void compute_mixing(const KernelTable& table, const MixingArgs& args, int64_t first, double* mix) {
+  table.mixing_f64(args, first, mix);
+}
+
+// Blocks of kLanes elements per task at least, enough to amortise the scheduling.
 constexpr int64_t kBlocksPerTask = 16;
 
-// Runs body(first, lanes, mix) over every block of `numel` elements, in parallel, with that block's P in `mix`.
+// Runs body(first, lanes, mix) over every block of the elements [begin, end) (begin a multiple of kLanes), in
+// parallel, with that block's P in `mix`: the generic path, for every dtype.
 template <typename T, typename Body>
-void for_each_mixed_block(uint64_t seed, uint64_t offset, int64_t expansion, int64_t numel, const Body& body) {
-  const int64_t blocks = (numel + kLanes - 1) / kLanes;
-  at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
-    std::vector<uint32_t> words(4 * kLanes);
-    std::vector<T> mix(expansion * kLanes);
-    for (int64_t block = begin; block < end; ++block) {
+void for_each_mixed_block(const MixingArgs& args, int64_t begin, int64_t end, const Body& body) {
+  const KernelTable& table = kernels();
+  const int64_t blocks_end = (end + kLanes - 1) / kLanes;
+  at::parallel_for(begin / kLanes, blocks_end, kBlocksPerTask, [&](int64_t first_block, int64_t last_block) {
+    std::vector<T> mix(args.expansion * kLanes);
+    for (int64_t block = first_block; block < last_block; ++block) {
       const int64_t first = block * kLanes;
-      compute_mixing(seed, offset, expansion, first, words.data(), mix.data());
-      body(first, std::min(kLanes, numel - first), mix.data());
+      compute_mixing(table, args, first, mix.data());
+      body(first, std::min(kLanes, end - first), mix.data());
     }
   });
+}
+
+// Runs fused(begin, end) over the whole blocks of `numel` elements in parallel; returns where they end (the start
+// of the partial last block, if any).
+template <typename Fused>
+int64_t for_whole_blocks(int64_t numel, const Fused& fused) {
+  const int64_t whole_blocks = numel / kLanes;
+  at::parallel_for(0, whole_blocks, kBlocksPerTask,
+                   [&](int64_t first_block, int64_t last_block) { fused(first_block * kLanes, last_block * kLanes); });
+  return whole_blocks * kLanes;
+}
+
+// out[i] = sum_k P[k, i] * weight[k * numel + i] for i in [begin, numel), any dtypes.
+template <typename in_t, typename out_t>
+void combine_generic(const MixingArgs& args, const in_t* weight, int64_t numel, out_t* out, int64_t begin) {
+  using T = math_t<in_t>;
+  for_each_mixed_block<T>(args, begin, numel, [&](int64_t first, int64_t lanes, const T* mix) {
+    T acc[kLanes];
+    for (int64_t l = 0; l < lanes; ++l) acc[l] = mix[l] * static_cast<T>(weight[first + l]);
+    for (int64_t k = 1; k < args.expansion; ++k) {
+      const in_t* wk = weight + k * numel + first;
+      const T* pk = mix + k * kLanes;
+      for (int64_t l = 0; l < lanes; ++l) acc[l] += pk[l] * static_cast<T>(wk[l]);
+    }
+    for (int64_t l = 0; l < lanes; ++l) out[first + l] = static_cast<out_t>(acc[l]);
+  });
+}
+
+// The same in float32: the fused kernel for the whole blocks, the generic code for the partial last one.
+void combine_float(const MixingArgs& args, const float* weight, int64_t numel, float* out) {
+  const KernelTable& table = kernels();
+  const int64_t begin = for_whole_blocks(numel, [&](int64_t first, int64_t last) {
+    table.combine_f32(args, weight, numel, out, first, last);
+  });
+  combine_generic(args, weight, numel, out, begin);
+}
+
+// grad_weight[k * numel + i] = P[k, i] * grad[i] (accumulate = false) or += (accumulate = true) for i in
+// [begin, numel), any dtypes.
+template <typename in_t, typename out_t>
+void scatter_generic(const MixingArgs& args, const in_t* grad, int64_t numel, out_t* grad_weight, bool accumulate,
+                     int64_t begin) {
+  using T = math_t<out_t>;
+  for_each_mixed_block<T>(args, begin, numel, [&](int64_t first, int64_t lanes, const T* mix) {
+    T g[kLanes];
+    for (int64_t l = 0; l < lanes; ++l) g[l] = static_cast<T>(grad[first + l]);
+    for (int64_t k = 0; k < args.expansion; ++k) {
+      out_t* out = grad_weight + k * numel + first;
+      const T* pk = mix + k * kLanes;
+      if (accumulate) {
+        for (int64_t l = 0; l < lanes; ++l) out[l] = static_cast<out_t>(static_cast<T>(out[l]) + pk[l] * g[l]);
+      } else {
+        for (int64_t l = 0; l < lanes; ++l) out[l] = static_cast<out_t>(pk[l] * g[l]);
+      }
+    }
+  });
+}
+
+// The same in float32: the fused kernel for the whole blocks, the generic code for the partial last one.
+void scatter_float(const MixingArgs& args, const float* grad, int64_t numel, float* grad_weight, bool accumulate) {
+  const KernelTable& table = kernels();
+  const int64_t begin = for_whole_blocks(numel, [&](int64_t first, int64_t last) {
+    std::vector<float> scratch(args.expansion * kLanes);
+    table.scatter_f32(args, grad, numel, grad_weight, accumulate, first, last, scratch.data());
+  });
+  scatter_generic(args, grad, numel, grad_weight, accumulate, begin);
 }
 
 uint64_t read_seed(const at::Tensor& seed) {
@@ -87,29 +156,24 @@ at::Tensor combine(const at::Tensor& weight, const at::Tensor& seed, int64_t off
   TORCH_CHECK(weight.dim() >= 1 && weight.size(0) >= 1,
               "majority_kernels.combine: weight needs a leading expansion dimension of size >= 1, got shape ",
               weight.sizes());
-  const uint64_t seed_value = read_seed(seed);
   const at::Tensor copies = weight.contiguous();
-  const int64_t expansion = copies.size(0);
-  const int64_t numel = copies.numel() / expansion;
-  at::Tensor out = at::empty(copies.sizes().slice(1), copies.options().dtype(out_dtype.value_or(copies.scalar_type())));
+  const MixingArgs args{read_seed(seed), static_cast<uint64_t>(offset), copies.size(0)};
+  const int64_t numel = copies.numel() / args.expansion;
+  const at::ScalarType dtype = out_dtype.value_or(copies.scalar_type());
+  if (copies.scalar_type() == at::kFloat) {
+    // Float32 weights, also with another out_dtype (float32 master weights under autocast): the fused kernel into
+    // float32, then a cast, is cheaper than the generic code.
+    at::Tensor out = at::empty(copies.sizes().slice(1), copies.options());
+    if (numel > 0) combine_float(args, copies.const_data_ptr<float>(), numel, out.mutable_data_ptr<float>());
+    return out.to(dtype);
+  }
+  at::Tensor out = at::empty(copies.sizes().slice(1), copies.options().dtype(dtype));
   if (numel == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, copies.scalar_type(), "combine_in", [&] {
     using in_t = scalar_t;
     const in_t* w = copies.const_data_ptr<in_t>();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "combine_out", [&] {
-      using out_t = scalar_t;
-      using T = math_t<in_t>;
-      out_t* o = out.mutable_data_ptr<out_t>();
-      for_each_mixed_block<T>(seed_value, offset, expansion, numel, [&](int64_t first, int64_t lanes, const T* mix) {
-        T acc[kLanes];
-        for (int64_t l = 0; l < lanes; ++l) acc[l] = mix[l] * static_cast<T>(w[first + l]);
-        for (int64_t k = 1; k < expansion; ++k) {
-          const in_t* wk = w + k * numel + first;
-          const T* pk = mix + k * kLanes;
-          for (int64_t l = 0; l < lanes; ++l) acc[l] += pk[l] * static_cast<T>(wk[l]);
-        }
-        for (int64_t l = 0; l < lanes; ++l) o[first + l] = static_cast<out_t>(acc[l]);
-      });
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "combine_out", [&] {
+      combine_generic(args, w, numel, out.mutable_data_ptr<scalar_t>(), 0);
     });
   });
   return out;
@@ -117,30 +181,21 @@ at::Tensor combine(const at::Tensor& weight, const at::Tensor& seed, int64_t off
 
 // grad_weight[k, i] = P[k, i] * grad[i], written (accumulate = false) or added in place (accumulate = true).
 void scatter_into(at::Tensor& grad_weight, const at::Tensor& grad, uint64_t seed, int64_t offset, bool accumulate) {
-  const at::Tensor g = grad.contiguous();
-  const int64_t expansion = grad_weight.size(0);
-  const int64_t numel = g.numel();
+  const MixingArgs args{seed, static_cast<uint64_t>(offset), grad_weight.size(0)};
+  const int64_t numel = grad.numel();
   if (numel == 0) return;
+  if (grad_weight.scalar_type() == at::kFloat) {
+    // Float32 gradients, also from another grad dtype (autocast): a cast to float32, then the fused kernel.
+    const at::Tensor g = grad.to(at::kFloat).contiguous();
+    scatter_float(args, g.const_data_ptr<float>(), numel, grad_weight.mutable_data_ptr<float>(), accumulate);
+    return;
+  }
+  const at::Tensor g = grad.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "scatter_in", [&] {
     using in_t = scalar_t;
     const in_t* gp = g.const_data_ptr<in_t>();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_weight.scalar_type(), "scatter_out", [&] {
-      using out_t = scalar_t;
-      using T = math_t<out_t>;
-      out_t* o = grad_weight.mutable_data_ptr<out_t>();
-      for_each_mixed_block<T>(seed, offset, expansion, numel, [&](int64_t first, int64_t lanes, const T* mix) {
-        T gl[kLanes];
-        for (int64_t l = 0; l < lanes; ++l) gl[l] = static_cast<T>(gp[first + l]);
-        for (int64_t k = 0; k < expansion; ++k) {
-          out_t* ok = o + k * numel + first;
-          const T* pk = mix + k * kLanes;
-          if (accumulate) {
-            for (int64_t l = 0; l < lanes; ++l) ok[l] = static_cast<out_t>(static_cast<T>(ok[l]) + pk[l] * gl[l]);
-          } else {
-            for (int64_t l = 0; l < lanes; ++l) ok[l] = static_cast<out_t>(pk[l] * gl[l]);
-          }
-        }
-      });
+      scatter_generic(args, gp, numel, grad_weight.mutable_data_ptr<scalar_t>(), accumulate, 0);
     });
   });
 }
@@ -170,17 +225,15 @@ void scatter_add_(at::Tensor& grad_weight, const at::Tensor& grad, const at::Ten
 at::Tensor mixing_weights(const at::Tensor& seed, int64_t offset, int64_t expansion, int64_t numel) {
   TORCH_CHECK(expansion >= 1, "majority_kernels.mixing_weights: expansion must be >= 1, got ", expansion);
   TORCH_CHECK(numel >= 0, "majority_kernels.mixing_weights: numel must be >= 0, got ", numel);
-  const uint64_t seed_value = read_seed(seed);
+  const MixingArgs args{read_seed(seed), static_cast<uint64_t>(offset), expansion};
   at::Tensor out = at::empty({expansion, numel}, seed.options().dtype(at::kFloat));
   float* o = out.mutable_data_ptr<float>();
-  for_each_mixed_block<float>(seed_value, offset, expansion, numel,
-                              [&](int64_t first, int64_t lanes, const float* mix) {
-                                for (int64_t k = 0; k < expansion; ++k)
-                                  for (int64_t l = 0; l < lanes; ++l) o[k * numel + first + l] = mix[k * kLanes + l];
-                              });
+  for_each_mixed_block<float>(args, 0, numel, [&](int64_t first, int64_t lanes, const float* mix) {
+    for (int64_t k = 0; k < expansion; ++k)
+      for (int64_t l = 0; l < lanes; ++l) o[k * numel + first + l] = mix[k * kLanes + l];
+  });
   return out;
 }
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(majority_kernels, CPU, m) {
