@@ -29,7 +29,8 @@ def _extensions():
     include_dirs = [os.path.abspath("csrc/include")]
     # -fno-math-errno and -fno-trapping-math (nothing here reads errno or the floating-point exception flags) let
     # the compiler vectorise the kernels' loops: selects around divisions, calls it may turn into instructions.
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    # The C++ standard is left to torch.utils.cpp_extension: it picks the one its headers need (C++20 from 2.14).
+    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     link_flags = ["-fopenmp"]
     want_cuda = cuda_sources and not _flag("MK_SKIP_CUDA") and (
         _flag("FORCE_CUDA") or (cpp_extension.CUDA_HOME is not None and __import__("torch").version.cuda)
@@ -39,7 +40,7 @@ def _extensions():
             "majority_kernels._C",
             sources + cuda_sources,
             include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math"]},
             extra_link_args=link_flags,
         )
     else:
