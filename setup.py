@@ -22,6 +22,7 @@ def _extensions():
     if os.environ.get("MK_BUILD_EXT", "1").strip() == "0":
         print("majority-kernels: MK_BUILD_EXT=0, installing without the C++ extension", file=sys.stderr)
         return [], {}
+    import torch
     from torch.utils import cpp_extension
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
@@ -30,10 +31,15 @@ def _extensions():
     # -fno-math-errno and -fno-trapping-math (nothing here reads errno or the floating-point exception flags) let
     # the compiler vectorise the kernels' loops: selects around divisions, calls it may turn into instructions.
     # The C++ standard is left to torch.utils.cpp_extension: it picks the one its headers need (C++20 from 2.14).
-    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
-    link_flags = ["-fopenmp"]
+    cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math"]
+    link_flags = []
+    # at::parallel_for is inlined from torch's headers: with torch's OpenMP backend it is a `#pragma omp` region,
+    # which runs on one thread unless the extension is compiled with OpenMP too (GCC on Linux, like torch's wheels).
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     want_cuda = cuda_sources and not _flag("MK_SKIP_CUDA") and (
-        _flag("FORCE_CUDA") or (cpp_extension.CUDA_HOME is not None and __import__("torch").version.cuda)
+        _flag("FORCE_CUDA") or (cpp_extension.CUDA_HOME is not None and torch.version.cuda)
     )
     if want_cuda:
         extension = cpp_extension.CUDAExtension(
