@@ -12,10 +12,14 @@ from .layers import MK_LAYERS, _MKLayer
 DEFAULT_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _replace_children(module: nn.Module, replace: Callable[[str, nn.Module], Optional[nn.Module]]) -> None:
-    """Calls replace(qualified_name, child) on every descendant, top-down, and swaps in what it returns (None:
-    keep the child and look inside it). A module reachable under several names (a tied layer) is replaced once
-    and the same replacement goes under every name, so ties survive."""
+def _replace_modules(module: nn.Module, replace: Callable[[str, nn.Module], Optional[nn.Module]]) -> nn.Module:
+    """Calls replace(qualified_name, m) on `module` (name "") and then on every descendant, top-down, and swaps in
+    what it returns (None: keep m and look inside it); returns `module`, or its replacement. A module reachable
+    under several names (a tied layer) is replaced once and the same replacement goes under every name, so ties
+    survive."""
+    root = replace("", module)
+    if root is not None:
+        return root
     replaced: dict[int, nn.Module] = {}
     visited: set[int] = set()
 
@@ -34,6 +38,7 @@ def _replace_children(module: nn.Module, replace: Callable[[str, nn.Module], Opt
                 visit(child, f"{prefix}{name}.")
 
     visit(module, "")
+    return module
 
 
 def convert(module: nn.Module, expansion: int = 4, *, init: str = "replicate",
@@ -58,11 +63,7 @@ def convert(module: nn.Module, expansion: int = 4, *, init: str = "replicate",
             return None
         return MK_LAYERS[type(layer)].from_dense(layer, expansion, init)
 
-    root = replace("", module)
-    if root is not None:
-        return root
-    _replace_children(module, replace)
-    return module
+    return _replace_modules(module, replace)
 
 
 def collapse(module: nn.Module) -> nn.Module:
@@ -73,8 +74,4 @@ def collapse(module: nn.Module) -> nn.Module:
     def replace(name: str, layer: nn.Module) -> Optional[nn.Module]:
         return layer.to_dense() if isinstance(layer, _MKLayer) else None
 
-    root = replace("", module)
-    if root is not None:
-        return root
-    _replace_children(module, replace)
-    return module
+    return _replace_modules(module, replace)

@@ -8,6 +8,7 @@ P is never stored: the tensors kept for the backward are the input and W_eff, wh
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -57,11 +58,8 @@ def mixing_weights(expansion: int, shape: Union[int, Sequence[int]], seed: Seed,
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     device = torch.device(device) if device is not None else (
         seed.device if isinstance(seed, Tensor) else torch.device("cpu"))
-    numel = 1
-    for size in shape:
-        numel *= size
     p = backend_for(device).mixing_weights(check.seed_tensor(seed, device), check.signed_offset(offset),
-                                           expansion, numel)
+                                           expansion, math.prod(shape))
     return p.to(dtype).view(expansion, *shape)
 
 

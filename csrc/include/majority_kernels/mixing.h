@@ -59,16 +59,6 @@ MK_HOST_DEVICE void philox4x32_10(Word& c0, Word& c1, Word& c2, Word& c3, Word k
   }
 }
 
-// The four words for 64-bit counter c under a 64-bit seed: counter (c_lo, c_hi, 0, 0), key (seed_lo, seed_hi).
-MK_HOST_DEVICE void philox_words(uint64_t seed, uint64_t counter, uint32_t words[4]) {
-  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
-  philox4x32_10<uint32_t>(c0, c1, c2, c3, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  words[0] = c0;
-  words[1] = c1;
-  words[2] = c2;
-  words[3] = c3;
-}
-
 // Counter of copy-group `group` (copies 4*group .. 4*group+3) of flat element `index`; wraps mod 2^64.
 MK_HOST_DEVICE uint64_t element_counter(uint64_t offset, uint64_t index, int64_t expansion, int64_t group) {
   return offset + index * static_cast<uint64_t>(counters_per_element(expansion)) + static_cast<uint64_t>(group);
