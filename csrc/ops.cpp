@@ -19,4 +19,10 @@ TORCH_LIBRARY(majority_kernels, m) {
   m.def("scatter_add_(Tensor(a!) grad_weight, Tensor grad, Tensor seed, int offset) -> ()");
   // P itself, float32 [expansion, numel]: for tests and for users who want to look at it.
   m.def("mixing_weights(Tensor seed, int offset, int expansion, int numel) -> Tensor");
+  // Embedding lookup of the mixed table: out[..., d] = sum_k P[k, r * dim + d] * weight[k, r, d] for the rows
+  // r = indices[...] only (P of each element from its flat index in the full [rows, dim] table).
+  m.def("embedding_combine(Tensor weight, Tensor indices, Tensor seed, int offset, ScalarType? out_dtype=None) "
+        "-> Tensor");
+  // Its gradient, added in place: grad_weight[k, r, d] += P[k, r * dim + d] * grad[..., d] for every lookup of r.
+  m.def("embedding_scatter_add_(Tensor(a!) grad_weight, Tensor grad, Tensor indices, Tensor seed, int offset) -> ()");
 }

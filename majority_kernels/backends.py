@@ -8,6 +8,7 @@ a RuntimeError that says why: there is never a silent fallback to a slower path.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -30,11 +31,21 @@ class Backend:
     scatter: Callable[[Tensor, Tensor, int, int, Optional[torch.dtype]], Tensor]
     scatter_add_: Callable[[Tensor, Tensor, Tensor, int], None]
     mixing_weights: Callable[[Tensor, int, int, int], Tensor]
+    # (weight [e, rows, dim], indices, seed, offset, out_dtype) -> the looked-up rows of the mixed table.
+    embedding_combine: Callable[[Tensor, Tensor, Tensor, int, Optional[torch.dtype]], Tensor]
     unavailable: Callable[[torch.device], Optional[str]]
+    # (input, weight, bias, seed, offset, out_dtype) -> the mixed linear layer's output, for backends with their
+    # own linear paths (fused GEMMs); None: combine, then F.linear.
+    linear: Optional[Callable[[Tensor, Tensor, Optional[Tensor], Tensor, int, Optional[torch.dtype]], Tensor]] = None
 
 
 def _reference_scatter_add_(grad_weight: Tensor, grad: Tensor, seed: Tensor, offset: int) -> None:
     grad_weight.add_(reference.scatter(grad, seed, offset, grad_weight.shape[0], grad_weight.dtype))
+
+
+def _reference_embedding_combine(weight: Tensor, indices: Tensor, seed: Tensor, offset: int,
+                                 out_dtype: Optional[torch.dtype]) -> Tensor:
+    return reference.embedding_combine(weight, indices, seed, offset, out_dtype)
 
 
 def _reference_mixing_weights(seed: Tensor, offset: int, expansion: int, numel: int) -> Tensor:
@@ -54,15 +65,56 @@ def _compiled_op(name: str) -> Callable:
     return lambda *args: getattr(torch.ops.majority_kernels, name)(*args)
 
 
+def _compiled_backend(name: str, unavailable: Callable[[torch.device], Optional[str]],
+                      linear: Optional[Callable] = None) -> Backend:
+    """A backend made of the extension's ops, which dispatch on the device (CPU or CUDA kernels)."""
+    return Backend(name, _compiled_op("combine"), _compiled_op("scatter"), _compiled_op("scatter_add_"),
+                   _compiled_op("mixing_weights"), _compiled_op("embedding_combine"), unavailable, linear)
+
+
+def _load(module: str) -> tuple[Optional[object], Optional[str]]:
+    """Imports majority_kernels.<module>: (the module, None), or (None, why it cannot be imported)."""
+    try:
+        return importlib.import_module(f"{__package__}.{module}"), None
+    except ImportError as error:
+        return None, f"{module} cannot be imported ({error})"
+
+
+def _cuda_unavailable(device: torch.device) -> Optional[str]:
+    if not ops.HAS_EXTENSION:
+        return f"the C++ extension is unavailable: {ops.EXTENSION_ERROR}"
+    if not ops.HAS_CUDA_KERNELS:
+        return ("this install has no CUDA kernels (built without a CUDA build of torch and a CUDA toolkit, or "
+                "with MK_SKIP_CUDA=1)")
+    if device.type != "cuda":
+        return f"backend 'cuda' runs on CUDA tensors only, not on {device}"
+    return None
+
+
+_triton_ops, TRITON_ERROR = _load("triton_ops")
+
+
+def _triton_backend() -> Backend:
+    if _triton_ops is None:
+        def missing(*args):
+            raise RuntimeError(f"majority-kernels backend 'triton' cannot run here: {TRITON_ERROR}")
+        return Backend("triton", missing, missing, missing, missing, missing, lambda device: TRITON_ERROR)
+    return Backend("triton", _triton_ops.combine, _triton_ops.scatter, _triton_ops.scatter_add_,
+                   _triton_ops.mixing_weights, _triton_ops.embedding_combine, _triton_ops.unavailable,
+                   _triton_ops.linear)
+
+
 BACKENDS: dict[str, Backend] = {
     "reference": Backend("reference", reference.combine, reference.scatter, _reference_scatter_add_,
-                         _reference_mixing_weights, lambda device: None),
-    "cpu": Backend("cpu", _compiled_op("combine"), _compiled_op("scatter"), _compiled_op("scatter_add_"),
-                   _compiled_op("mixing_weights"), _cpu_unavailable),
+                         _reference_mixing_weights, _reference_embedding_combine, lambda device: None),
+    "cpu": _compiled_backend("cpu", _cpu_unavailable),
+    "cuda": _compiled_backend("cuda", _cuda_unavailable),
+    "triton": _triton_backend(),
 }
 
-# What "auto" tries, fastest first, per device type; the first backend that can run wins.
-AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpu",)}
+# What "auto" tries, fastest first, per device type; the first backend that can run wins. Triton runs on CPU
+# tensors only under its interpreter (TRITON_INTERPRET=1, for tests), so "auto" never picks it there.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
 
 # The names of the enclosing use_backend blocks, innermost last. A plain list (not a ContextVar) so that
 # torch.compile can trace the lookup; the choice is process-wide, like torch's own backend flags.

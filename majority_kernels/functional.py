@@ -117,6 +117,11 @@ def majority_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None
     if input.dim() < 1 or input.shape[-1] != weight.shape[2]:
         raise ValueError(f"input's last dimension must equal in_features = {weight.shape[2]}, got input of shape "
                          f"{tuple(input.shape)}")
+    check.check_same_device(input, weight, bias)
+    backend = backend_for(weight.device)
+    if backend.linear is not None:  # the backend's own paths (fused GEMMs), chosen by shape
+        return backend.linear(input, weight, bias, check.seed_tensor(seed, weight.device),
+                              check.signed_offset(offset), check.compute_dtype(input, weight))
     return F.linear(input, _mixed_weight(input, weight, bias, seed, offset), bias)
 
 

@@ -29,6 +29,9 @@ def _load_extension() -> Optional[str]:
 
 EXTENSION_ERROR = _load_extension()
 HAS_EXTENSION = EXTENSION_ERROR is None
+# Whether this build has the CUDA kernels (csrc/cuda): registered for the CUDA dispatch key of the ops.
+HAS_CUDA_KERNELS = HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "majority_kernels::combine", "CUDA")
 
 
 def _register() -> None:

@@ -54,30 +54,49 @@ def _seed_key(seed: int | Tensor, device: torch.device) -> tuple[Tensor, Tensor]
     return seed & _MASK32, (seed >> 32) & _MASK32
 
 
-def uniforms(expansion: int, numel: int, seed: int | Tensor, offset: int = 0, *, device=None) -> Tensor:
-    """u[k, i] of section 4 as float32, shape [expansion, numel]."""
-    device = torch.device(device) if device is not None else (
-        seed.device if isinstance(seed, Tensor) else torch.device("cpu"))
+def uniforms_at(expansion: int, index: Tensor, seed: int | Tensor, offset: int = 0) -> Tensor:
+    """u[k, i] of section 4 as float32 for the flat element indices `index` (int64, any shape): shape
+    [expansion, *index.shape]."""
     groups = counters_per_element(expansion)
-    index = torch.arange(numel, dtype=torch.int64, device=device)
-    group = torch.arange(groups, dtype=torch.int64, device=device)
+    group = torch.arange(groups, dtype=torch.int64, device=index.device).view(groups, *([1] * index.dim()))
     # c = offset + i * R + k // 4 (mod 2^64), as signed int64 with wrapping adds.
     signed_offset = offset - 2**64 if offset >= 2**63 else offset
-    counter = (index[None, :] * groups + group[:, None]) + signed_offset
+    counter = (index.to(torch.int64)[None] * groups + group) + signed_offset
     zero = torch.zeros_like(counter)
-    words = philox4x32_10((counter & _MASK32, (counter >> 32) & _MASK32, zero, zero), _seed_key(seed, device))
-    # words[j][g, i] is copy 4g + j of element i.
-    stacked = torch.stack(words, dim=1).reshape(groups * 4, numel)[:expansion]
+    words = philox4x32_10((counter & _MASK32, (counter >> 32) & _MASK32, zero, zero),
+                          _seed_key(seed, index.device))
+    # words[j][g, ...] is copy 4g + j of the element.
+    stacked = torch.stack(words, dim=1).reshape(groups * 4, *index.shape)[:expansion]
     return uniform_from_words(stacked)
+
+
+def _device_of(seed: int | Tensor, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return seed.device if isinstance(seed, Tensor) else torch.device("cpu")
+
+
+def uniforms(expansion: int, numel: int, seed: int | Tensor, offset: int = 0, *, device=None) -> Tensor:
+    """u[k, i] of section 4 as float32, shape [expansion, numel]."""
+    index = torch.arange(numel, dtype=torch.int64, device=_device_of(seed, device))
+    return uniforms_at(expansion, index, seed, offset)
+
+
+def _normalise(u: Tensor, expansion: int) -> Tensor:
+    g = -torch.log1p(-u.to(torch.float64))
+    total = g.sum(0, keepdim=True)
+    # A zero sum (every u == 0) gives the uniform 1 / e, as every backend does.
+    return torch.where(total > 0, g / total.clamp_min(torch.finfo(torch.float64).tiny), 1.0 / expansion)
+
+
+def mixing_weights_at(expansion: int, index: Tensor, seed: int | Tensor, offset: int = 0) -> Tensor:
+    """P[k, i] of section 4 in float64 for the flat element indices `index`: shape [expansion, *index.shape]."""
+    return _normalise(uniforms_at(expansion, index, seed, offset), expansion)
 
 
 def mixing_weights(expansion: int, numel: int, seed: int | Tensor, offset: int = 0, *, device=None) -> Tensor:
     """P[k, i] of section 4 in float64 (from the float32 uniforms), shape [expansion, numel]."""
-    u = uniforms(expansion, numel, seed, offset, device=device).to(torch.float64)
-    g = -torch.log1p(-u)
-    total = g.sum(0, keepdim=True)
-    # A zero sum (every u == 0) gives the uniform 1 / e, as every backend does.
-    return torch.where(total > 0, g / total.clamp_min(torch.finfo(torch.float64).tiny), 1.0 / expansion)
+    return _normalise(uniforms(expansion, numel, seed, offset, device=device), expansion)
 
 
 def combine(weight: Tensor, seed: int | Tensor, offset: int = 0, out_dtype: torch.dtype | None = None) -> Tensor:
@@ -93,6 +112,34 @@ def scatter(grad: Tensor, seed: int | Tensor, offset: int, expansion: int,
     p = mixing_weights(expansion, grad.numel(), seed, offset, device=grad.device)
     p = p.view(expansion, *grad.shape)
     return (p * grad.to(torch.float64)).to(out_dtype or grad.dtype)
+
+
+def _row_elements(indices: Tensor, dim: int) -> Tensor:
+    """The flat indices r * dim + d of the looked-up rows' elements: shape [*indices.shape, dim]."""
+    columns = torch.arange(dim, dtype=torch.int64, device=indices.device)
+    return indices.to(torch.int64)[..., None] * dim + columns
+
+
+def embedding_combine(weight: Tensor, indices: Tensor, seed: int | Tensor, offset: int = 0,
+                      out_dtype: torch.dtype | None = None) -> Tensor:
+    """combine(weight)[indices] for a table weight [e, rows, dim], mixing only the looked-up rows, in float64
+    with P materialised: shape [*indices.shape, dim]. Each element uses its flat index in the full table."""
+    expansion, dim = weight.shape[0], weight.shape[2]
+    p = mixing_weights_at(expansion, _row_elements(indices, dim), seed, offset)
+    rows = weight[:, indices.to(torch.int64)].to(torch.float64)
+    return (p * rows).sum(0).to(out_dtype or weight.dtype)
+
+
+def embedding_scatter(grad: Tensor, indices: Tensor, seed: int | Tensor, offset: int, expansion: int,
+                      num_rows: int, out_dtype: torch.dtype | None = None) -> Tensor:
+    """The table gradient [e, num_rows, dim] of embedding_combine: P_k * grad added to the looked-up rows
+    (repeated indices add up), zero elsewhere; float64 with P materialised."""
+    dim = grad.shape[-1]
+    p = mixing_weights_at(expansion, _row_elements(indices, dim), seed, offset)
+    table = torch.zeros(expansion, num_rows, dim, dtype=torch.float64, device=grad.device)
+    flat_rows = indices.to(torch.int64).reshape(-1)
+    table.index_add_(1, flat_rows, (p * grad.to(torch.float64)).reshape(expansion, -1, dim))
+    return table.to(out_dtype or grad.dtype)
 
 
 def naive_combine(weight: Tensor) -> Tensor:
