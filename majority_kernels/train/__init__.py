@@ -1,0 +1,1 @@
+"""`majority-kernels train`: the paper-style evaluation."""

@@ -1,0 +1,1 @@
+"""Triton kernels of majority-kernels (installed as majority_kernels.triton_kernels)."""
