@@ -9,11 +9,11 @@
 from . import functional, reference
 from .backends import available_backends, use_backend
 from .convert import collapse, convert
-from .layers import MKConv1d, MKConv2d, MKConv3d, MKLinear
+from .layers import MKConv1d, MKConv2d, MKConv3d, MKEmbedding, MKLinear
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "MKLinear", "MKConv1d", "MKConv2d", "MKConv3d", "convert", "collapse", "functional", "reference",
+    "MKLinear", "MKConv1d", "MKConv2d", "MKConv3d", "MKEmbedding", "convert", "collapse", "functional", "reference",
     "use_backend", "available_backends", "__version__",
 ]

@@ -106,3 +106,36 @@ def check_bias(bias: object, features: int) -> Tensor | None:
     if tuple(bias.shape) != (features,):
         raise ValueError(f"bias must have shape ({features},), got {tuple(bias.shape)}")
     return bias
+
+
+def check_indices(indices: object, num_embeddings: int, weight: Tensor) -> Tensor:
+    """Embedding indices: an int64 or int32 tensor on weight's device with values in [0, num_embeddings)."""
+    if not isinstance(indices, Tensor):
+        raise TypeError(f"input must be a torch.Tensor of int64 or int32 indices, got {type(indices).__name__}")
+    if indices.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input must hold int64 or int32 indices, got {indices.dtype}")
+    check_same_device(indices, weight, None)
+    # The range is checked here only for eager CPU tensors, where it costs no device sync (the kernels check it
+    # too); so also the reference backend, whose indexing would wrap negative indices, rejects them.
+    if indices.device.type == "cpu" and indices.numel() > 0 and not torch.compiler.is_compiling():
+        bad = (indices < 0) | (indices >= num_embeddings)
+        if bool(bad.any()):
+            raise IndexError(f"input holds index {int(indices[bad][0])}, out of range for an embedding table of "
+                             f"{num_embeddings} rows")
+    elif indices.device.type == "cuda" and indices.numel() > 0:
+        # No host sync on a GPU: a device-side assert, the error nn.Embedding gives there too.
+        torch._assert_async(((indices >= 0) & (indices < num_embeddings)).all(),
+                            "majority_embedding: an index is out of range for the embedding table")
+    return indices
+
+
+def check_padding_idx(padding_idx: object, num_embeddings: int) -> int | None:
+    """padding_idx in [-num_embeddings, num_embeddings), as a row number (negative counts from the end)."""
+    if padding_idx is None:
+        return None
+    if isinstance(padding_idx, bool) or not isinstance(padding_idx, numbers.Integral):
+        raise TypeError(f"padding_idx must be an int or None, got {type(padding_idx).__name__} {padding_idx!r}")
+    if not -num_embeddings <= padding_idx < num_embeddings:
+        raise ValueError(f"padding_idx must lie in [-{num_embeddings}, {num_embeddings}) (num_embeddings = "
+                         f"{num_embeddings}), got {padding_idx}")
+    return int(padding_idx) % num_embeddings

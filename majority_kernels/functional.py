@@ -1,4 +1,5 @@
-"""Functional API: the mixing weights, the fused combination, and the mixed linear and convolution ops.
+"""Functional API: the mixing weights, the fused combination, and the mixed linear, convolution and embedding
+ops.
 
 Every op takes `seed` (an int in [0, 2^63) or a one-element int64 tensor) and `offset` (an int in [0, 2^64)) and
 follows DESIGN.md section 4, whichever backend runs it. Forward = combine (P generated inside the kernel) then the
@@ -167,3 +168,24 @@ def majority_conv3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None
                     seed: Seed, offset: int = 0) -> Tensor:
     """F.conv3d with the mixed kernel of weight [expansion, out_channels, in_channels / groups, kd, kh, kw]."""
     return _majority_conv(3, input, weight, bias, stride, padding, dilation, groups, seed, offset)
+
+
+def majority_embedding(input: Tensor, weight: Tensor, padding_idx: Optional[int] = None, *, seed: Seed,
+                       offset: int = 0) -> Tensor:
+    """F.embedding(input, combine(weight, seed, offset), padding_idx) for weight [expansion, num_embeddings,
+    embedding_dim], mixing only the rows that `input` (int64 or int32 indices, any shape) looks up: each element
+    gets the P of its flat index in the full table, so the rows equal those of the fully mixed table.
+
+    The output has weight's dtype, also under autocast (as F.embedding). The backward adds P_k * grad to the
+    looked-up rows of every copy; the padding_idx row gets no gradient. max_norm, scale_grad_by_freq and sparse
+    gradients are not supported.
+    """
+    weight = check.check_expanded_weight(weight, 2, "[expansion, num_embeddings, embedding_dim]")
+    input = check.check_indices(input, weight.shape[1], weight)
+    padding_idx = check.check_padding_idx(padding_idx, weight.shape[1])
+    out = backend_for(weight.device).embedding_combine(weight, input, check.seed_tensor(seed, weight.device),
+                                                        check.signed_offset(offset), None)
+    if padding_idx is not None and out.requires_grad:
+        # As F.embedding: the lookups of padding_idx pass no gradient back, so its row's gradient stays zero.
+        out = torch.where((input == padding_idx).unsqueeze(-1), out.detach(), out)
+    return out

@@ -1,8 +1,9 @@
-"""Drop-in layers: MKLinear, MKConv1d, MKConv2d, MKConv3d.
+"""Drop-in layers: MKLinear, MKConv1d, MKConv2d, MKConv3d, MKEmbedding.
 
 Each keeps `expansion` copies of the dense weight in one parameter of shape [expansion, *dense weight shape]; the
-bias is not expanded. In train mode every forward mixes the copies with fresh mixing weights (a new seed drawn
-from the weight device's torch generator); in eval mode it uses their mean, cached until the weights change.
+bias (where the layer has one) is not expanded. In train mode every forward mixes the copies with fresh mixing
+weights (a new seed drawn from the weight device's torch generator); in eval mode it uses their mean, cached until
+the weights change.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ class _MKLayer(nn.Module):
                 draws.append(template.weight.detach().clone())
             copies = torch.stack(draws) * math.sqrt((expansion + 1) / 2)
         self.weight = nn.Parameter(copies, requires_grad=dense.weight.requires_grad)
-        if dense.bias is not None:
-            self.bias = nn.Parameter(dense.bias.detach().clone(), requires_grad=dense.bias.requires_grad)
+        bias = getattr(dense, "bias", None)  # nn.Embedding has none
+        if bias is not None:
+            self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
         else:
             self.register_parameter("bias", None)
         self._mean_cache: Optional[tuple[tuple, Tensor]] = None
@@ -215,5 +217,53 @@ class MKConv3d(_MKConvNd):
     dense_type, dims = nn.Conv3d, 3
 
 
+class MKEmbedding(_MKLayer):
+    """nn.Embedding with `expansion` mixed copies of its table (weight: [expansion, num_embeddings,
+    embedding_dim]). A training forward mixes only the rows the batch looks up; eval mode looks them up in the
+    mean table. max_norm, scale_grad_by_freq and sparse=True are refused (here and in from_dense)."""
+
+    dense_type = nn.Embedding
+    _hyperparameters = ("num_embeddings", "embedding_dim", "padding_idx")
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: Optional[int] = None, *,
+                 expansion: int = 4, init: str = "replicate", device=None, dtype=None,
+                 max_norm: Optional[float] = None, scale_grad_by_freq: bool = False, sparse: bool = False) -> None:
+        super().__init__()
+        expansion, init = check.check_expansion(expansion), check.check_init(init)
+        dense = nn.Embedding(num_embeddings, embedding_dim, padding_idx, max_norm,
+                             scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, device=device, dtype=dtype)
+        self._adopt(dense, expansion, init)
+
+    def _adopt(self, dense: nn.Module, expansion: int, init: str) -> None:
+        refused = {
+            "max_norm": (dense.max_norm is not None,
+                         "it renormalises the looked-up rows of the table in place, and the mixed rows are "
+                         "recomputed every step"),
+            "scale_grad_by_freq": (dense.scale_grad_by_freq, "the copies' gradients are not rescaled by frequency"),
+            "sparse": (dense.sparse, "the gradient of the copies is a dense [expansion, num_embeddings, "
+                                     "embedding_dim] tensor"),
+        }
+        for option, (used, why) in refused.items():
+            if used:
+                raise ValueError(f"MKEmbedding does not support {option}={getattr(dense, option)!r}: {why}; use "
+                                 f"an nn.Embedding without it, or leave this layer dense")
+        super()._adopt(dense, expansion, init)
+
+    def _make_dense(self, device, dtype) -> nn.Module:
+        return nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx, device=device, dtype=dtype)
+
+    def _mixed_forward(self, input: Tensor, seed: Tensor) -> Tensor:
+        return functional.majority_embedding(input, self.weight, self.padding_idx, seed=seed)
+
+    def _dense_forward(self, input: Tensor, weight: Tensor) -> Tensor:
+        return F.embedding(input, weight, self.padding_idx)
+
+    def extra_repr(self) -> str:
+        text = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.padding_idx is not None:
+            text += f", padding_idx={self.padding_idx}"
+        return text + f", expansion={self.expansion}"
+
+
 MK_LAYERS: dict[type[nn.Module], type[_MKLayer]] = {
-    nn.Linear: MKLinear, nn.Conv1d: MKConv1d, nn.Conv2d: MKConv2d, nn.Conv3d: MKConv3d}
+    nn.Linear: MKLinear, nn.Conv1d: MKConv1d, nn.Conv2d: MKConv2d, nn.Conv3d: MKConv3d, nn.Embedding: MKEmbedding}

@@ -14,6 +14,9 @@ from typing import Optional
 
 import torch
 
+from ._grad_accumulation import accumulated, accumulation_target, remember_weight, remembered_weight
+
+
 def _load_extension() -> Optional[str]:
     """Imports the C++ extension (which registers the ops); returns None, or why it is unavailable."""
     if importlib.util.find_spec(f"{__package__}._C") is None:
@@ -55,11 +58,17 @@ def _register() -> None:
 
     def _combine_setup(ctx, inputs, output):
         weight, seed, offset, _ = inputs
-        ctx.save_for_backward(seed)
+        ctx.save_for_backward(seed)  # all the backward needs to regenerate P
+        remember_weight(ctx, weight)
         ctx.offset, ctx.expansion, ctx.weight_dtype = offset, weight.shape[0], weight.dtype
 
     def _combine_backward(ctx, grad):
         (seed,) = ctx.saved_tensors
+        weight = remembered_weight(ctx)
+        target = accumulation_target(weight)
+        if target is not None:
+            torch.ops.majority_kernels.scatter_add_(target, grad, seed, ctx.offset)
+            return accumulated(weight), None, None, None
         grad_weight = torch.ops.majority_kernels.scatter(grad, seed, ctx.offset, ctx.expansion, ctx.weight_dtype)
         return grad_weight, None, None, None
 
@@ -76,5 +85,63 @@ def _register() -> None:
     torch.library.register_autograd(f"{ns}::scatter", _scatter_backward, setup_context=_scatter_setup)
 
 
+class _EmbeddingScatter(torch.autograd.Function):
+    """The table gradient of embedding_combine: zeros with P_k * grad added to the looked-up rows in place
+    (embedding_scatter_add_ touches those rows only). A Function so that double backward is right: its adjoint
+    is embedding_combine again (the in-place op alone would leave the result untracked under create_graph)."""
+
+    @staticmethod
+    def forward(grad, indices, seed, offset, weight_shape, weight_dtype):
+        grad_weight = grad.new_zeros(weight_shape, dtype=weight_dtype)
+        torch.ops.majority_kernels.embedding_scatter_add_(grad_weight, grad, indices, seed, offset)
+        return grad_weight
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad, indices, seed, offset, _, _ = inputs
+        ctx.save_for_backward(indices, seed)
+        ctx.offset, ctx.grad_dtype = offset, grad.dtype
+
+    @staticmethod
+    def backward(ctx, grad_grad_weight):
+        indices, seed = ctx.saved_tensors
+        grad_grad = torch.ops.majority_kernels.embedding_combine(grad_grad_weight, indices, seed, ctx.offset,
+                                                                 ctx.grad_dtype)
+        return grad_grad, None, None, None, None, None
+
+
+def _register_embedding() -> None:
+    ns = "majority_kernels"
+
+    @torch.library.register_fake(f"{ns}::embedding_combine")
+    def _embedding_combine_fake(weight, indices, seed, offset, out_dtype=None):
+        return weight.new_empty((*indices.shape, weight.shape[2]), dtype=out_dtype or weight.dtype)
+
+    @torch.library.register_fake(f"{ns}::embedding_scatter_add_")
+    def _embedding_scatter_add_fake(grad_weight, grad, indices, seed, offset):
+        return None
+
+    def _embedding_combine_setup(ctx, inputs, output):
+        weight, indices, seed, offset, _ = inputs
+        ctx.save_for_backward(indices, seed)
+        remember_weight(ctx, weight)  # as in _combine_setup
+        ctx.offset, ctx.weight_shape, ctx.weight_dtype = offset, weight.shape, weight.dtype
+
+    def _embedding_combine_backward(ctx, grad):
+        # The indices get no gradient. Adding into an existing .grad touches the looked-up rows only.
+        indices, seed = ctx.saved_tensors
+        weight = remembered_weight(ctx)
+        target = accumulation_target(weight)
+        if target is not None:
+            torch.ops.majority_kernels.embedding_scatter_add_(target, grad, indices, seed, ctx.offset)
+            return accumulated(weight), None, None, None, None
+        grad_weight = _EmbeddingScatter.apply(grad, indices, seed, ctx.offset, ctx.weight_shape, ctx.weight_dtype)
+        return grad_weight, None, None, None, None
+
+    torch.library.register_autograd(f"{ns}::embedding_combine", _embedding_combine_backward,
+                                    setup_context=_embedding_combine_setup)
+
+
 if HAS_EXTENSION:
     _register()
+    _register_embedding()

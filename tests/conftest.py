@@ -5,6 +5,11 @@ import pathlib
 import pytest
 import torch
 
+# Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter, which must be switched on before
+# they are defined (when majority_kernels is first imported, by a test module or helpers.py).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 DATA = pathlib.Path(__file__).parent / "data"
 
 

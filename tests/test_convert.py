@@ -129,7 +129,7 @@ def test_convert_filter_on_root_layer():
     assert mk.convert(layer, filter=lambda name, module: False) is layer
 
 
-@pytest.mark.parametrize("layer_types", [(nn.ConvTranspose2d,), (nn.Linear, nn.Embedding),
+@pytest.mark.parametrize("layer_types", [(nn.ConvTranspose2d,), (nn.Linear, nn.EmbeddingBag),
                                          (NonDynamicallyQuantizableLinear,), (nn.LazyLinear,)])
 def test_convert_unsupported_layer_types(layer_types):
     model = make_net()

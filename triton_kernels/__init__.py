@@ -1,1 +1,13 @@
-"""Triton kernels of majority-kernels (installed as majority_kernels.triton_kernels)."""
+"""Triton kernels of majority-kernels (installed as majority_kernels.triton_kernels) and their launchers.
+
+One module per op family: mixing (the RNG and Dirichlet math of DESIGN.md section 4, shared by all), combine,
+scatter, linear (GEMM with the combination fused into the weight-tile load), weight_grad (dW GEMM with the
+scatter fused into its epilogue), embedding. Launchers take contiguous torch tensors and write into outputs
+they are given; majority_kernels.triton_ops wraps them as custom ops.
+"""
+
+import triton
+
+# Whether the kernels are defined for Triton's CPU interpreter (TRITON_INTERPRET=1 when this was imported): they
+# then run on CPU tensors, with a single small tile configuration and tl.dot on float32 tiles.
+INTERPRETING = bool(triton.knobs.runtime.interpret)

@@ -5,50 +5,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <string>
 #include <vector>
 
-#include "kernel_table.h"
+#include "op_support.h"
 
 namespace majority_kernels {
 namespace cpu {
 namespace {
-
-// The kernel build for this processor, chosen once: AVX-512, AVX2 or portable, at most the level named by the
-// environment variable MK_CPU_CAPABILITY (avx512, avx2 or portable: to test and time the lower ones).
-const KernelTable& kernels() {
-  static const KernelTable& table = []() -> const KernelTable& {
-    const char* cap = std::getenv("MK_CPU_CAPABILITY");
-    const std::string limit = cap != nullptr ? cap : "avx512";
-    TORCH_CHECK(limit == "avx512" || limit == "avx2" || limit == "portable",
-                "majority_kernels: MK_CPU_CAPABILITY must be avx512, avx2 or portable, got '", limit, "'");
-#if MK_CPU_X86_BUILDS
-    __builtin_cpu_init();
-    if (limit == "avx512" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-      return kAvx512Kernels;
-    if (limit != "portable" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2Kernels;
-#endif
-    return kPortableKernels;
-  }();
-  return table;
-}
-
-// Float64 tensors mix in double; every other dtype in float.
-template <typename scalar_t>
-using math_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-inline void compute_mixing(const KernelTable& table, const MixingArgs& args, int64_t first, float* mix) {
-  table.mixing_f32(args, first, mix);
-}
-
-inline void compute_mixing(const KernelTable& table, const MixingArgs& args, int64_t first, double* mix) {
-  table.mixing_f64(args, first, mix);
-}
-
-// Blocks of kLanes elements per task at least, enough to amortise the scheduling.
-constexpr int64_t kBlocksPerTask = 16;
 
 // Runs body(first, lanes, mix) over every block of the elements [begin, end) (begin a multiple of kLanes), in
 // parallel, with that block's P in `mix`: the generic path, for every dtype.
@@ -130,24 +93,6 @@ void scatter_float(const MixingArgs& args, const float* grad, int64_t numel, flo
     table.scatter_f32(args, grad, numel, grad_weight, accumulate, first, last, scratch.data());
   });
   scatter_generic(args, grad, numel, grad_weight, accumulate, begin);
-}
-
-uint64_t read_seed(const at::Tensor& seed) {
-  TORCH_CHECK(seed.numel() == 1 && seed.scalar_type() == at::kLong,
-              "majority_kernels: seed must be a one-element int64 tensor, got ", seed.scalar_type(), " of shape ",
-              seed.sizes());
-  TORCH_CHECK(seed.device().is_cpu(), "majority_kernels: the CPU kernels need the seed on the CPU, got ",
-              seed.device());
-  const int64_t value = seed.item<int64_t>();
-  TORCH_CHECK(value >= 0, "majority_kernels: seed must lie in [0, 2^63), got ", value);
-  return static_cast<uint64_t>(value);
-}
-
-void check_floating(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "majority_kernels: ", name, " must be a CPU tensor for the CPU kernels, got ",
-              t.device());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "majority_kernels: ", name,
-              " must be float32, float64, bfloat16 or float16, got ", t.scalar_type());
 }
 
 at::Tensor combine(const at::Tensor& weight, const at::Tensor& seed, int64_t offset,

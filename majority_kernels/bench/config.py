@@ -10,7 +10,11 @@ from typing import ContextManager, Union
 import torch
 from torch import Tensor, nn
 
-SECTIONS = ("linear", "conv", "kernels")
+# "crossover": the M sweep of the Triton backend's linear paths (CUDA with Triton only).
+SECTIONS = ("linear", "conv", "kernels", "crossover")
+
+# Row counts M of the crossover sweep (it stops early once both fused paths have stopped paying).
+CROSSOVER_MS = (1, 4, 16, 64, 256, 1024, 4096, 8192)
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class BenchConfig:
     warmup: int = 3
     compile: bool = True
     output: Path = Path("benchmarks/results/bench")
+    crossover_ms: tuple[int, ...] = CROSSOVER_MS
 
     def autocast(self) -> ContextManager:
         """Where the forward runs: torch.autocast to the compute dtype, or nothing for float32."""
@@ -159,6 +164,14 @@ class BenchConfig:
     @property
     def kernel_cases(self) -> list[tuple[tuple[int, int], int]]:
         """combine / scatter alone on the linear shapes' weights: ((N, K), e), each weight shape once."""
-        if "kernels" not in self.sections:
+        return self._weight_cases("kernels")
+
+    @property
+    def crossover_cases(self) -> list[tuple[tuple[int, int], int]]:
+        """The M sweep on the linear shapes' weights: ((N, K), e), each weight shape once."""
+        return self._weight_cases("crossover")
+
+    def _weight_cases(self, section: str) -> list[tuple[tuple[int, int], int]]:
+        if section not in self.sections:
             return []
         return list(dict.fromkeys(((s.n, s.k), e) for s in self.linear_shapes for e in self.linear_expansions))

@@ -102,6 +102,7 @@ LAYER_COLUMNS: list[Column] = [
     ("saved MiB", _number("saved_bytes_excl_params", MIB)), ("+ params MiB", _number("saved_param_bytes", MIB)),
     ("peak MiB", _number("peak_bytes", MIB)), ("extra ms", _number("extra_s", MS, 3)),
     ("floor ms", _number("floor_s", MS, 3)), ("extra / floor", _number("extra_over_floor", digits=1)),
+    ("% floor", _number("floor_reached", 100, 0)),
 ]
 
 KERNEL_COLUMNS: list[Column] = [
@@ -109,11 +110,19 @@ KERNEL_COLUMNS: list[Column] = [
     ("median ms", _number("time_s", MS, 3)), ("× naive", _number("ratio_naive")),
     ("× compiled", _number("ratio_compiled")), ("GB/s", _number("bytes_per_s", 1e-9, 1)),
     ("floor ms", _number("floor_s", MS, 3)), ("time / floor", _number("time_over_floor", digits=1)),
+    ("% copy BW", _number("copy_bandwidth_fraction", 100, 0)),
+]
+
+CROSSOVER_COLUMNS: list[Column] = [
+    ("weight N×K", _text("shape")), ("e", _text("expansion")), ("M", _text("M")), ("variant", _text("variant")),
+    ("median ms", _number("time_s", MS, 3)), ("× combine", _number("ratio_combine")),
 ]
 
 SECTION_TITLES = {"linear": ("Linear (x: M×K, weight: N×K)", LAYER_COLUMNS),
                   "conv": ("Conv2d (batch×C_in×C_out×H×W×kernel, stride 1, same padding)", LAYER_COLUMNS),
-                  "kernels": ("Kernels alone (weight e×N×K)", KERNEL_COLUMNS)}
+                  "kernels": ("Kernels alone (weight e×N×K)", KERNEL_COLUMNS),
+                  "crossover": ("Triton linear paths over M (one training step; × combine = time / the combine "
+                                "path's)", CROSSOVER_COLUMNS)}
 
 NOTES = """\
 Times are medians of the repeats, all variants of a case timed in turn in the same rounds; × X = time / X's time.
@@ -124,14 +133,17 @@ before it. extra = time - dense time; floor = least extra bytes over dense (DESI
 write W_eff, write the copies' gradients, read dW_eff) / copy bandwidth. Kernels: combine = W_eff from the copies
 (naive: P drawn and materialised), scatter = every copy's gradient P_k * dW_eff (naive: multiply by the P kept
 from the forward); floor = bytes of the copies + one compute-dtype matrix / copy bandwidth; GB/s = those bytes /
-time."""
+time. % floor = floor / extra (layers) and % copy BW = GB/s / copy bandwidth (kernels): 100 at the floor.
+mk[triton:A,B-dW]: the Triton backend with its forward path A (fused: W_eff built inside the GEMM; combine: W_eff,
+then cuBLAS) and dW path B (fused: the copies' gradients written by the dW GEMM's epilogue; scatter: cuBLAS, then
+scatter) forced; mk[triton] chooses them by M."""
 
 
 def markdown_table(rows: list[dict], columns: list[Column]) -> str:
     # A column that is empty on every row (no CUDA peak on a CPU, no compiled baseline) is left out.
     columns = [(header, cell) for header, cell in columns if any(cell(row) != "–" for row in rows)]
     lines = ["| " + " | ".join(header for header, _ in columns) + " |",
-             "|" + "|".join("---" if header in ("shape", "e×N×K", "variant", "op") else "---:"
+             "|" + "|".join("---" if header in ("shape", "e×N×K", "weight N×K", "variant", "op") else "---:"
                             for header, _ in columns) + "|"]
     lines += ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows]
     return "\n".join(lines)
@@ -154,11 +166,28 @@ def _header(meta: dict) -> str:
     ])
 
 
+def _stop(m: Optional[int], largest: int) -> str:
+    return f"stops paying at M = {m}" if m is not None else f"still pays at M = {largest} (the largest measured)"
+
+
+def crossover_summary(rows: list[dict]) -> str:
+    """One line per swept weight: the M at which each fused path stops paying, next to the thresholds in force."""
+    return "\n".join(
+        f"- weight {row['shape']}, e = {row['expansion']}: the fused forward "
+        f"{_stop(row['fused_forward_stops_at_m'], row['largest_m'])} (FUSED_FORWARD_MAX_M = "
+        f"{row['fused_forward_max_m']}); the fused dW {_stop(row['fused_wgrad_stops_at_m'], row['largest_m'])} "
+        f"(FUSED_WGRAD_MAX_M = {row['fused_wgrad_max_m']})"
+        for row in rows if row["variant"] == "summary")
+
+
 def to_markdown(report: dict) -> str:
     parts = [_header(report["meta"]), NOTES]
     for section, (title, columns) in SECTION_TITLES.items():
-        if report.get(section):
-            parts += [f"## {title}", markdown_table(report[section], columns)]
+        rows = report.get(section)
+        if rows:
+            parts += [f"## {title}", markdown_table([row for row in rows if row["variant"] != "summary"], columns)]
+            if section == "crossover":
+                parts.append(crossover_summary(rows))
     return "\n\n".join(parts) + "\n"
 
 

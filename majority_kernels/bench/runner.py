@@ -14,10 +14,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from . import report
-from .config import BenchConfig, Shape
+from ..backends import available_backends
+from ..layers import MKLinear
+from .config import BenchConfig, LinearShape, Shape
 from .measure import PeakMemory, SavedBytes, SavedTensorCounter, copy_bandwidth, time_interleaved
-from .variants import COMPILED, DENSE, NAIVE, BuildOptions, KernelStep, Variant, combine_steps, layer_variants, \
-    scatter_steps
+from .variants import COMPILED, DENSE, MK, NAIVE, BuildOptions, KernelStep, Variant, combine_steps, layer_variants, \
+    scatter_steps, triton_path_name
 
 MASTER_DTYPE = torch.float32
 SEED = 20240207
@@ -53,15 +55,17 @@ def _baselines(roles: dict[str, str], medians: dict[str, float]) -> dict[str, fl
 
 
 class LayerCase:
-    """One layer shape at one expansion: the input, the output gradient, and the variants to compare."""
+    """One layer shape at one expansion: the input, the output gradient, and the variants to compare (those that
+    `build` makes from the dense layer)."""
 
-    def __init__(self, shape: Shape, expansion: int, config: BenchConfig) -> None:
+    def __init__(self, shape: Shape, expansion: int, config: BenchConfig,
+                 build: Callable[[torch.nn.Module, int, BuildOptions], list[Variant]] = layer_variants) -> None:
         self.config = config
         dense = shape.dense_layer(config.device)
         self.x = shape.input(config.device, config.dtype).requires_grad_()
         with torch.no_grad(), config.autocast():
             self.grad_out = torch.randn_like(dense(self.x))
-        self.variants = layer_variants(dense, expansion, BuildOptions(config.backends, config.compile))
+        self.variants = build(dense, expansion, BuildOptions(config.backends, config.compile))
 
     def reset(self) -> None:
         """What an optimizer's zero_grad(set_to_none=True) does, for the input too."""
@@ -104,6 +108,8 @@ def layer_rows(section: str, shape: Shape, expansion: int, config: BenchConfig, 
     for variant in case.variants:
         time, (saved, peak) = medians[variant.name], memory[variant.name]
         extra = None if variant.role == DENSE else time - baselines[DENSE]
+        # The share of the floor reached: floor / extra, 1 at the floor (None where nothing is extra).
+        reached = floor_s / extra if extra is not None and extra > 0 else None
         rows.append({
             "section": section, "shape": shape.label, "dims": shape.as_dict(), "expansion": expansion,
             "variant": variant.name, "role": variant.role, "backend": variant.backend,
@@ -112,7 +118,7 @@ def layer_rows(section: str, shape: Shape, expansion: int, config: BenchConfig, 
             "saved_bytes": saved.total, "saved_param_bytes": saved.parameters,
             "saved_bytes_excl_params": saved.excluding_parameters, "peak_bytes": peak,
             "floor_extra_bytes": floor_bytes, "floor_s": floor_s, "extra_s": extra,
-            "extra_over_floor": None if extra is None else extra / floor_s,
+            "extra_over_floor": None if extra is None else extra / floor_s, "floor_reached": reached,
         })
     return rows
 
@@ -153,7 +159,50 @@ def _kernel_op_rows(op: str, steps: list[KernelStep], label: str, expansion: int
         **_ratios(medians[step.name], baselines, (NAIVE, COMPILED)),
         "floor_bytes": floor_bytes, "floor_s": floor_s, "time_over_floor": medians[step.name] / floor_s,
         "bytes_per_s": floor_bytes / medians[step.name],
+        "copy_bandwidth_fraction": floor_bytes / medians[step.name] / bandwidth,
     } for step in steps]
+
+
+# The crossover sweep's path pairs (forward, dW): the combine path and each fused path alone.
+SWEEP_PATHS = (("combine", "scatter"), ("fused", "scatter"), ("combine", "fused"))
+COMBINE, FUSED_FORWARD, FUSED_WGRAD = (triton_path_name(*paths) for paths in SWEEP_PATHS)
+
+
+def _sweep_variants(dense: torch.nn.Module, expansion: int, options: BuildOptions) -> list[Variant]:
+    layer = MKLinear.from_dense(dense, expansion).train()
+    return [Variant(triton_path_name(*paths), MK, layer, "triton", paths) for paths in SWEEP_PATHS]
+
+
+def crossover_rows(weight_shape: tuple[int, int], expansion: int, config: BenchConfig,
+                   advance: Callable[[], None]) -> list[dict]:
+    """One training step of MKLinear on the Triton backend for every M of config.crossover_ms: the combine path
+    against the fused forward (with its fused input gradient) and against the fused dW. A row per M and path,
+    then a summary row: the first M at which each fused path is no faster than the combine path (None: it
+    still paid at the largest M measured). Stops once both have stopped paying."""
+    from .. import triton_ops  # the sweep runs only where the Triton backend can
+
+    n, k = weight_shape
+    label = f"{n}x{k}"
+    rows: list[dict] = []
+    stops = {FUSED_FORWARD: None, FUSED_WGRAD: None}
+    for m in config.crossover_ms:
+        case = LayerCase(LinearShape(m, n, k), expansion, config, _sweep_variants)
+        samples = time_interleaved({v.name: lambda v=v: case.step(v) for v in case.variants}, config.device,
+                                   warmup=config.warmup, repeats=config.repeats, reset=case.reset, on_round=advance)
+        medians = _medians(samples)
+        for name, time in medians.items():
+            rows.append({"section": "crossover", "shape": label, "expansion": expansion, "M": m, "variant": name,
+                         "time_s": time, "times_s": samples[name], "ratio_combine": time / medians[COMBINE]})
+        for name, stop in stops.items():
+            if stop is None and medians[name] >= medians[COMBINE]:
+                stops[name] = m
+        if all(stop is not None for stop in stops.values()):
+            break
+    rows.append({"section": "crossover", "shape": label, "expansion": expansion, "variant": "summary",
+                 "fused_forward_stops_at_m": stops[FUSED_FORWARD], "fused_wgrad_stops_at_m": stops[FUSED_WGRAD],
+                 "largest_m": rows[-1]["M"], "fused_forward_max_m": triton_ops.FUSED_FORWARD_MAX_M,
+                 "fused_wgrad_max_m": triton_ops.FUSED_WGRAD_MAX_M})
+    return rows
 
 
 @dataclass(frozen=True)
@@ -175,6 +224,10 @@ def plan(config: BenchConfig) -> list[Case]:
              for shape, e in shape_cases]
     cases += [Case("kernels", f"kernels {e}x{n}x{k}", 2, functools.partial(kernel_rows, (n, k), e, config))
               for (n, k), e in config.kernel_cases]
+    if config.device.type == "cuda" and "triton" in available_backends(config.device):
+        cases += [Case("crossover", f"crossover {e}x{n}x{k}", len(config.crossover_ms),
+                       functools.partial(crossover_rows, (n, k), e, config))
+                  for (n, k), e in config.crossover_cases]
     return cases
 
 

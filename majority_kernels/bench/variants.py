@@ -25,16 +25,25 @@ DENSE, MK, NAIVE, COMPILED = "dense", "mk", "naive", "naive+compile"
 
 @dataclass(frozen=True)
 class Variant:
-    """One implementation of a layer: `module` runs under the majority-kernels backend `backend`, if any."""
+    """One implementation of a layer: `module` runs under the majority-kernels backend `backend`, if any, and
+    for the Triton backend's linear layers on the forced `paths` (forward path, dW path), if any."""
 
     name: str
     role: str
     module: nn.Module
     backend: Optional[str] = None
+    paths: Optional[tuple[str, str]] = None
 
     def context(self) -> ContextManager:
-        # Forward and backward both run in it: the backward's scatter looks the backend up too.
-        return use_backend(self.backend) if self.backend else contextlib.nullcontext()
+        # Forward and backward both run in it: the backward looks the backend and the dW path up too.
+        stack = contextlib.ExitStack()
+        if self.backend:
+            stack.enter_context(use_backend(self.backend))
+        if self.paths:
+            from .. import triton_ops  # only where Triton is there: the paths are its own
+
+            stack.enter_context(triton_ops.force_paths(*self.paths))
+        return stack
 
 
 def dense_op(layer: nn.Module) -> Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]:
@@ -76,10 +85,23 @@ def dense_variants(dense: nn.Module, expansion: int, options: BuildOptions) -> l
     return [Variant(DENSE, DENSE, dense)]
 
 
+# The Triton backend's linear paths (forward, dW), each benchmarked forced besides its default choice.
+TRITON_LINEAR_PATHS = (("combine", "scatter"), ("combine", "fused"), ("fused", "scatter"), ("fused", "fused"))
+
+
+def triton_path_name(forward: str, wgrad: str) -> str:
+    """The variant name of a forced path pair, e.g. mk[triton:fused,fused-dW]."""
+    return f"mk[triton:{forward},{wgrad}-dW]"
+
+
 def mk_variants(dense: nn.Module, expansion: int, options: BuildOptions) -> list[Variant]:
-    """The MK layer (train mode), once per backend: all of them share one module."""
+    """The MK layer (train mode), once per backend, and for a linear layer on the Triton backend once more per
+    forced path pair: all of them share one module."""
     layer = MK_LAYERS[type(dense)].from_dense(dense, expansion).train()
-    return [Variant(f"mk[{backend}]", MK, layer, backend) for backend in options.backends]
+    variants = [Variant(f"mk[{backend}]", MK, layer, backend) for backend in options.backends]
+    if "triton" in options.backends and isinstance(dense, nn.Linear):
+        variants += [Variant(triton_path_name(*paths), MK, layer, "triton", paths) for paths in TRITON_LINEAR_PATHS]
+    return variants
 
 
 def naive_variants(dense: nn.Module, expansion: int, options: BuildOptions) -> list[Variant]:

@@ -1,0 +1,455 @@
+"""The Triton backend: the launchers of majority_kernels.triton_kernels as custom ops, their autograd, and the
+linear layer's path choice.
+
+Every kernel launch is a `torch.library.custom_op` in the `majority_kernels_triton` namespace with a fake kernel
+(torch.compile, opcheck) and, where it is differentiable, an autograd formula that regenerates P from the same
+(seed, offset): combine and scatter are each other's adjoint, as are the embedding gather and its scatter-add.
+The seed is an int64 tensor on the weight's device read inside the kernels, so a step can be captured in a CUDA
+graph (after a first, autotuning, call outside the capture). Inputs that are not contiguous are copied to
+contiguous ones (the GEMMs take any strides for their activations); weights of every shape are flattened.
+
+Dtypes: float32, bfloat16, float16 and float64 in and out. P is drawn in float32 math, in float64 where a
+kernel reads or writes float64.
+
+The mixed linear layer has two forward paths and two weight-gradient paths:
+  forward "fused":   one Triton GEMM builds the W_eff tile from the copies in its weight-tile load (no W_eff in
+                     memory; the RNG is redone per row tile, so it pays at small M); its input gradient is the same
+                     kernel on the transposed weight.
+  forward "combine": combine (W_eff in the compute dtype, kept for the backward), then torch's GEMM.
+  dW "fused":        a Triton GEMM dY^T X whose epilogue writes the copies' gradients P_k * dW_eff.
+  dW "scatter":      torch's GEMM for dW_eff, then scatter.
+MK_LINEAR_PATH=fused|combine and MK_WGRAD_PATH=fused|scatter force a path (read when the layer runs, or when
+torch.compile traces it); `force_paths` does the same in a block. Otherwise the batch size M decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from ._grad_accumulation import accumulated, accumulation_target, remember_weight, remembered_weight
+from .triton_kernels import INTERPRETING
+from .triton_kernels import combine as combine_kernels
+from .triton_kernels import embedding as embedding_kernels
+from .triton_kernels import linear as linear_kernels
+from .triton_kernels import scatter as scatter_kernels
+from .triton_kernels import weight_grad as weight_grad_kernels
+
+NAMESPACE = "majority_kernels_triton"
+DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+# Default path thresholds on M (rows of the input). PROVISIONAL: no GPU was available when they were set; they
+# await the GPU benchmark (`majority-kernels bench` prints the M at which each fused path stops paying).
+# The fused forward redoes the draws of the whole weight for every row tile, so it can only win while one or two
+# row tiles cover M.
+FUSED_FORWARD_MAX_M = 64
+# The fused dW epilogue saves writing and re-reading dW_eff (4 N K bytes in bfloat16) and a launch, but its GEMM
+# tiles are smaller than cuBLAS's: it should win while the GEMM is short.
+FUSED_WGRAD_MAX_M = 1024
+
+FORWARD_PATHS = ("fused", "combine")
+WGRAD_PATHS = ("fused", "scatter")
+
+# force_paths blocks, innermost last: a plain list, which torch.compile guards on (a changed choice retraces).
+_forced: list[tuple[Optional[str], Optional[str]]] = []
+
+
+def unavailable(device: torch.device) -> Optional[str]:
+    """None if the Triton kernels can run on `device` here, else why not."""
+    if device.type == "cpu":
+        if INTERPRETING:
+            return None
+        return ("Triton runs on CPU tensors only under its interpreter: set TRITON_INTERPRET=1 before importing "
+                "majority_kernels (for tests; it is slow)")
+    if device.type == "cuda":
+        return None if torch.cuda.is_available() else "torch sees no CUDA device"
+    return f"backend 'triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), not on {device}"
+
+
+def _check_dtype(dtype: torch.dtype, what: str) -> None:
+    if dtype not in DTYPES:
+        raise TypeError(f"backend 'triton' supports float32, bfloat16, float16 and float64; {what} is {dtype}")
+
+
+def _check_seed(seed: Tensor, device: torch.device) -> None:
+    if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != device:
+        raise ValueError(f"seed must be a one-element int64 tensor on {device}, got {seed.dtype} "
+                         f"{tuple(seed.shape)} on {seed.device}")
+
+
+def _check_target(grad_weight: Tensor) -> None:
+    if not grad_weight.is_contiguous():
+        raise ValueError("grad_weight must be contiguous (it is updated in place)")
+
+
+# ---- custom ops ----------------------------------------------------------------------------------------------
+
+def _op(name: str, mutates_args: tuple[str, ...] = ()):
+    return torch.library.custom_op(f"{NAMESPACE}::{name}", mutates_args=mutates_args)
+
+
+@_op("combine")
+def _combine(weight: Tensor, seed: Tensor, offset: int, out_dtype: Optional[torch.dtype]) -> Tensor:
+    out = weight.new_empty(weight.shape[1:], dtype=out_dtype or weight.dtype)
+    combine_kernels.combine(weight.contiguous(), seed, offset, out)
+    return out
+
+
+@_combine.register_fake
+def _(weight, seed, offset, out_dtype):
+    return weight.new_empty(weight.shape[1:], dtype=out_dtype or weight.dtype)
+
+
+@_op("scatter")
+def _scatter(grad: Tensor, seed: Tensor, offset: int, expansion: int, out_dtype: Optional[torch.dtype]) -> Tensor:
+    out = grad.new_empty((expansion, *grad.shape), dtype=out_dtype or grad.dtype)
+    scatter_kernels.scatter(grad.contiguous(), seed, offset, out, accumulate=False)
+    return out
+
+
+@_scatter.register_fake
+def _(grad, seed, offset, expansion, out_dtype):
+    return grad.new_empty((expansion, *grad.shape), dtype=out_dtype or grad.dtype)
+
+
+@_op("scatter_add_", mutates_args=("grad_weight",))
+def _scatter_add_(grad_weight: Tensor, grad: Tensor, seed: Tensor, offset: int) -> None:
+    _check_target(grad_weight)
+    scatter_kernels.scatter(grad.contiguous(), seed, offset, grad_weight, accumulate=True)
+
+
+@_scatter_add_.register_fake
+def _(grad_weight, grad, seed, offset):
+    return None
+
+
+@_op("mixing_weights")
+def _mixing_weights(seed: Tensor, offset: int, expansion: int, numel: int) -> Tensor:
+    out = seed.new_empty((expansion, numel), dtype=torch.float32)
+    scatter_kernels.mixing_weights(seed, offset, out)
+    return out
+
+
+@_mixing_weights.register_fake
+def _(seed, offset, expansion, numel):
+    return seed.new_empty((expansion, numel), dtype=torch.float32)
+
+
+@_op("embedding_combine")
+def _embedding_combine(weight: Tensor, indices: Tensor, seed: Tensor, offset: int,
+                       out_dtype: Optional[torch.dtype]) -> Tensor:
+    out = weight.new_empty((*indices.shape, weight.shape[2]), dtype=out_dtype or weight.dtype)
+    embedding_kernels.gather(weight.contiguous(), indices.contiguous().view(-1), seed, offset, out)
+    return out
+
+
+@_embedding_combine.register_fake
+def _(weight, indices, seed, offset, out_dtype):
+    return weight.new_empty((*indices.shape, weight.shape[2]), dtype=out_dtype or weight.dtype)
+
+
+@_op("embedding_scatter")
+def _embedding_scatter(grad: Tensor, indices: Tensor, seed: Tensor, offset: int, expansion: int, rows: int,
+                       out_dtype: torch.dtype) -> Tensor:
+    """The table gradient [expansion, rows, dim]: P_k * grad added into the looked-up rows, in a float32 (float64)
+    buffer (atomics; bfloat16 atomics are not available everywhere), then cast to out_dtype."""
+    accumulator = torch.float64 if torch.float64 in (grad.dtype, out_dtype) else torch.float32
+    table = grad.new_zeros((expansion, rows, grad.shape[-1]), dtype=accumulator)
+    embedding_kernels.scatter_add(grad.contiguous().view(-1, grad.shape[-1]), indices.contiguous().view(-1), seed,
+                                  offset, table)
+    return table.to(out_dtype)
+
+
+@_embedding_scatter.register_fake
+def _(grad, indices, seed, offset, expansion, rows, out_dtype):
+    return grad.new_empty((expansion, rows, grad.shape[-1]), dtype=out_dtype)
+
+
+@_op("embedding_scatter_add_", mutates_args=("grad_weight",))
+def _embedding_scatter_add_(grad_weight: Tensor, grad: Tensor, indices: Tensor, seed: Tensor, offset: int) -> None:
+    """grad_weight[k, indices[t]] += P_k * grad[t] in place, for a float32 or float64 table."""
+    _check_target(grad_weight)
+    embedding_kernels.scatter_add(grad.contiguous().view(-1, grad.shape[-1]), indices.contiguous().view(-1), seed,
+                                  offset, grad_weight)
+
+
+@_embedding_scatter_add_.register_fake
+def _(grad_weight, grad, indices, seed, offset):
+    return None
+
+
+@_op("mixed_matmul")
+def _mixed_matmul(a: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int,
+                  transposed: bool) -> Tensor:
+    """a @ W_eff^T + bias (a [M, K] -> [M, N]), or a @ W_eff (transposed; a [M, N] -> [M, K]), for weight
+    [e, N, K], in a's dtype, W_eff built inside the GEMM."""
+    out = a.new_empty((a.shape[0], weight.shape[1 + transposed]))
+    linear_kernels.mixed_matmul(a, weight.contiguous(), bias.contiguous() if bias is not None else None, seed,
+                                offset, transposed, out)
+    return out
+
+
+@_mixed_matmul.register_fake
+def _(a, weight, bias, seed, offset, transposed):
+    return a.new_empty((a.shape[0], weight.shape[1 + transposed]))
+
+
+@_op("weight_grad")
+def _weight_grad(grad_out: Tensor, input: Tensor, seed: Tensor, offset: int, expansion: int,
+                 out_dtype: torch.dtype) -> Tensor:
+    """Every copy's gradient P_k * (grad_out^T @ input) [expansion, N, K] from one GEMM (dW_eff never stored)."""
+    out = input.new_empty((expansion, grad_out.shape[1], input.shape[1]), dtype=out_dtype)
+    weight_grad_kernels.weight_grad(grad_out, input, seed, offset, out, accumulate=False)
+    return out
+
+
+@_weight_grad.register_fake
+def _(grad_out, input, seed, offset, expansion, out_dtype):
+    return input.new_empty((expansion, grad_out.shape[1], input.shape[1]), dtype=out_dtype)
+
+
+@_op("weight_grad_add_", mutates_args=("grad_weight",))
+def _weight_grad_add_(grad_weight: Tensor, grad_out: Tensor, input: Tensor, seed: Tensor, offset: int) -> None:
+    """grad_weight[k] += P_k * (grad_out^T @ input), in place (gradient accumulation without a temporary)."""
+    _check_target(grad_weight)
+    weight_grad_kernels.weight_grad(grad_out, input, seed, offset, grad_weight, accumulate=True)
+
+
+@_weight_grad_add_.register_fake
+def _(grad_weight, grad_out, input, seed, offset):
+    return None
+
+
+# ---- autograd ------------------------------------------------------------------------------------------------
+
+# The backwards that produce a weight's gradient remember the weight (majority_kernels._grad_accumulation, as the
+# C++ backends' do): modifying it in place before the backward raises autograd's usual error, and when a
+# .backward() accumulates, they add into its .grad in place instead of returning an expansion-sized temporary.
+
+def _combine_setup(ctx, inputs, output):
+    weight, seed, offset, _ = inputs
+    ctx.save_for_backward(seed)
+    remember_weight(ctx, weight)
+    ctx.offset, ctx.expansion, ctx.weight_dtype = offset, weight.shape[0], weight.dtype
+
+
+def _combine_backward(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    weight = remembered_weight(ctx)
+    target = accumulation_target(weight)
+    if target is not None:
+        _scatter_add_(target, grad, seed, ctx.offset)
+        return accumulated(weight), None, None, None
+    return _scatter(grad, seed, ctx.offset, ctx.expansion, ctx.weight_dtype), None, None, None
+
+
+def _scatter_setup(ctx, inputs, output):
+    grad, seed, offset, _, _ = inputs
+    ctx.save_for_backward(seed)
+    ctx.offset, ctx.grad_dtype = offset, grad.dtype
+
+
+def _scatter_backward(ctx, grad_copies):
+    (seed,) = ctx.saved_tensors
+    return _combine(grad_copies, seed, ctx.offset, ctx.grad_dtype), None, None, None, None
+
+
+def _embedding_combine_setup(ctx, inputs, output):
+    weight, indices, seed, offset, _ = inputs
+    ctx.save_for_backward(indices, seed)
+    remember_weight(ctx, weight)
+    ctx.offset, ctx.table_shape, ctx.weight_dtype = offset, weight.shape, weight.dtype
+
+
+def _embedding_combine_backward(ctx, grad):
+    indices, seed = ctx.saved_tensors
+    weight = remembered_weight(ctx)
+    target = accumulation_target(weight)
+    if target is not None and target.dtype in (torch.float32, torch.float64):  # atomics in place
+        _embedding_scatter_add_(target, grad, indices, seed, ctx.offset)
+        return accumulated(weight), None, None, None, None
+    expansion, rows, _ = ctx.table_shape
+    table = _embedding_scatter(grad, indices, seed, ctx.offset, expansion, rows, ctx.weight_dtype)
+    return table, None, None, None, None
+
+
+def _embedding_scatter_setup(ctx, inputs, output):
+    grad, indices, seed, offset, _, _, _ = inputs
+    ctx.save_for_backward(indices, seed)
+    ctx.offset, ctx.grad_dtype = offset, grad.dtype
+
+
+def _embedding_scatter_backward(ctx, grad_table):
+    indices, seed = ctx.saved_tensors
+    return (_embedding_combine(grad_table, indices, seed, ctx.offset, ctx.grad_dtype),
+            None, None, None, None, None, None)
+
+
+_combine.register_autograd(_combine_backward, setup_context=_combine_setup)
+_scatter.register_autograd(_scatter_backward, setup_context=_scatter_setup)
+_embedding_combine.register_autograd(_embedding_combine_backward, setup_context=_embedding_combine_setup)
+_embedding_scatter.register_autograd(_embedding_scatter_backward, setup_context=_embedding_scatter_setup)
+
+
+class _MixedLinear(torch.autograd.Function):
+    """y = x @ W_eff^T + b on 2-D x, by the chosen paths (see the module docstring). Saved for the backward: x, the
+    seed and, on the combine path, W_eff in the compute dtype. The fused path's input gradient reads the copies
+    themselves: an eager leaf weight is remembered (no saved tensor, as the combine backward's), any other weight
+    saved. Nothing is allocated for the backward but W_eff."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int,
+                fused_forward: bool, fused_wgrad: bool) -> Tensor:
+        remember_weight(ctx, weight)
+        if fused_forward:
+            out = _mixed_matmul(x, weight, bias, seed, offset, False)
+            ctx.save_for_backward(x, seed, weight if remembered_weight(ctx) is None else None)
+        else:
+            mixed = _combine(weight, seed, offset, x.dtype)
+            out = torch.mm(x, mixed.t()) if bias is None else torch.addmm(bias, x, mixed.t())
+            ctx.save_for_backward(x, seed, mixed)
+        ctx.offset, ctx.fused_forward, ctx.fused_wgrad = offset, fused_forward, fused_wgrad
+        ctx.expansion, ctx.weight_dtype = weight.shape[0], weight.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, seed, weight_or_mixed = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            if ctx.fused_forward:
+                weight = weight_or_mixed if weight_or_mixed is not None else remembered_weight(ctx)
+                grad_x = _mixed_matmul(grad_out, weight, None, seed, ctx.offset, True)
+            else:
+                grad_x = torch.mm(grad_out, weight_or_mixed)
+        if ctx.needs_input_grad[1]:
+            grad_weight = _linear_weight_grad(ctx, grad_out, x, seed)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum(0)
+        return grad_x, grad_weight, grad_bias, None, None, None, None
+
+
+def _linear_weight_grad(ctx, grad_out: Tensor, x: Tensor, seed: Tensor) -> Tensor:
+    """Every copy's gradient P_k * (grad_out^T x), added into weight.grad in place when the backward accumulates."""
+    weight = remembered_weight(ctx)
+    target = accumulation_target(weight)
+    if ctx.fused_wgrad and target is not None:
+        _weight_grad_add_(target, grad_out, x, seed, ctx.offset)
+    elif ctx.fused_wgrad:
+        return _weight_grad(grad_out, x, seed, ctx.offset, ctx.expansion, ctx.weight_dtype)
+    elif target is not None:
+        _scatter_add_(target, torch.mm(grad_out.t(), x), seed, ctx.offset)
+    else:
+        return _scatter(torch.mm(grad_out.t(), x), seed, ctx.offset, ctx.expansion, ctx.weight_dtype)
+    return accumulated(weight)
+
+
+# ---- path choice ---------------------------------------------------------------------------------------------
+
+def _env_path(variable: str, choices: tuple[str, ...]) -> Optional[str]:
+    value = os.environ.get(variable, "").strip().lower()
+    if not value:
+        return None
+    if value not in choices:
+        raise ValueError(f"{variable} must be one of {', '.join(choices)} (or unset), got {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def force_paths(forward: Optional[str] = None, wgrad: Optional[str] = None) -> Iterator[None]:
+    """Run the enclosed mixed linear layers on the given paths (None: as the environment or M decide)."""
+    if forward not in (None, *FORWARD_PATHS):
+        raise ValueError(f"forward path must be one of {FORWARD_PATHS} or None, got {forward!r}")
+    if wgrad not in (None, *WGRAD_PATHS):
+        raise ValueError(f"wgrad path must be one of {WGRAD_PATHS} or None, got {wgrad!r}")
+    _forced.append((forward, wgrad))
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def linear_paths(m: int) -> tuple[str, str]:
+    """(forward path, dW path) for an input of m rows: force_paths, else MK_LINEAR_PATH / MK_WGRAD_PATH, else
+    the M thresholds."""
+    forward, wgrad = _forced[-1] if _forced else (None, None)
+    forward = forward or _env_path("MK_LINEAR_PATH", FORWARD_PATHS) or (
+        "fused" if m <= FUSED_FORWARD_MAX_M else "combine")
+    wgrad = wgrad or _env_path("MK_WGRAD_PATH", WGRAD_PATHS) or ("fused" if m <= FUSED_WGRAD_MAX_M else "scatter")
+    return forward, wgrad
+
+
+# ---- the Backend's functions ---------------------------------------------------------------------------------
+
+def combine(weight: Tensor, seed: Tensor, offset: int, out_dtype: Optional[torch.dtype]) -> Tensor:
+    _check_dtype(weight.dtype, "weight")
+    if out_dtype is not None:
+        _check_dtype(out_dtype, "out_dtype")
+    _check_seed(seed, weight.device)
+    return _combine(weight, seed, offset, out_dtype)
+
+
+def scatter(grad: Tensor, seed: Tensor, offset: int, expansion: int, out_dtype: Optional[torch.dtype]) -> Tensor:
+    _check_dtype(grad.dtype, "grad")
+    if out_dtype is not None:
+        _check_dtype(out_dtype, "out_dtype")
+    _check_seed(seed, grad.device)
+    return _scatter(grad, seed, offset, expansion, out_dtype)
+
+
+def scatter_add_(grad_weight: Tensor, grad: Tensor, seed: Tensor, offset: int) -> None:
+    _check_dtype(grad.dtype, "grad")
+    _check_dtype(grad_weight.dtype, "grad_weight")
+    _check_seed(seed, grad.device)
+    if tuple(grad_weight.shape[1:]) != tuple(grad.shape) or not grad_weight.is_contiguous():
+        raise ValueError(f"grad_weight must be a contiguous [expansion, *grad.shape] tensor, got shape "
+                         f"{tuple(grad_weight.shape)} for grad {tuple(grad.shape)}")
+    _scatter_add_(grad_weight, grad, seed, offset)
+
+
+def mixing_weights(seed: Tensor, offset: int, expansion: int, numel: int) -> Tensor:
+    return _mixing_weights(seed, offset, expansion, numel)
+
+
+def _check_indices(indices: Tensor, rows: int, device: torch.device) -> None:
+    if indices.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"indices must be int64 or int32, got {indices.dtype}")
+    if indices.device != device:
+        raise ValueError(f"indices must be on the weight's device {device}, got {indices.device}")
+    # The values are checked where that costs no device sync: eager CPU tensors (the interpreter). On a GPU the
+    # kernels mask rows outside the table (zero output, no gradient) and assert under TRITON_DEBUG=1.
+    if device.type == "cpu" and indices.numel() and not torch.compiler.is_compiling():
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= rows:
+            raise IndexError(f"indices must lie in [0, {rows}) (the table's rows), got values in [{low}, {high}]")
+
+
+def embedding_combine(weight: Tensor, indices: Tensor, seed: Tensor, offset: int,
+                      out_dtype: Optional[torch.dtype]) -> Tensor:
+    _check_dtype(weight.dtype, "weight")
+    if out_dtype is not None:
+        _check_dtype(out_dtype, "out_dtype")
+    if weight.dim() != 3:
+        raise ValueError(f"weight must be an [expansion, rows, dim] table, got shape {tuple(weight.shape)}")
+    _check_seed(seed, weight.device)
+    _check_indices(indices, weight.shape[1], weight.device)
+    return _embedding_combine(weight, indices, seed, offset, out_dtype)
+
+
+def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int,
+           out_dtype: torch.dtype) -> Tensor:
+    """The mixed linear layer y = input @ W_eff^T + bias in the compute dtype out_dtype (input and bias are cast
+    to it, as autocast would), on the paths linear_paths chooses for the input's row count."""
+    _check_dtype(weight.dtype, "weight")
+    _check_dtype(out_dtype, "the compute dtype")
+    _check_seed(seed, weight.device)
+    x = input.to(out_dtype).reshape(math.prod(input.shape[:-1]), input.shape[-1])
+    forward, wgrad = linear_paths(x.shape[0])
+    out = _MixedLinear.apply(x, weight, None if bias is None else bias.to(out_dtype), seed, offset,
+                             forward == "fused", wgrad == "fused")
+    return out.view(*input.shape[:-1], weight.shape[1])

@@ -1,0 +1,675 @@
+"""The Triton backend against the float64 reference.
+
+Without a GPU every kernel runs on CPU tensors in Triton's interpreter (conftest sets TRITON_INTERPRET=1), on
+small shapes chosen to cross the tiles (1024-element blocks, 16 x 32 x 32 GEMM tiles under the interpreter). On a
+GPU the same tests run natively, plus the `gpu` ones: half precision, larger shapes, cross-backend equality.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import majority_kernels as mk
+from majority_kernels import backends, reference
+
+from helpers import EXPANSIONS, TOLERANCES, assert_gemm_matches_reference, assert_matches_reference, random_seed
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+_REASON = backends.BACKENDS["triton"].unavailable(DEVICE)
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"backend 'triton' cannot run here: {_REASON}")
+
+if _REASON is None:
+    import triton
+    import triton.language as tl
+
+    from majority_kernels import triton_ops
+    from majority_kernels.triton_kernels import mixing
+
+    OPS = torch.ops.majority_kernels_triton
+
+    @triton.jit
+    def _uniforms_kernel(out_ptr, seed_ptr, offset, numel, EXPANSION: tl.constexpr, BLOCK: tl.constexpr):
+        """The uniforms u[k, i] exactly as the kernels draw them (mixing.uniforms), into out [4 * groups, numel]."""
+        index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = index < numel
+        seed = tl.load(seed_ptr)
+        for group in tl.static_range((EXPANSION + 3) // 4):
+            u0, u1, u2, u3 = mixing.uniforms(seed, offset, index, group, EXPANSION)
+            row = out_ptr + (4 * group) * numel + index
+            tl.store(row, u0, mask=mask)
+            tl.store(row + numel, u1, mask=mask)
+            tl.store(row + 2 * numel, u2, mask=mask)
+            tl.store(row + 3 * numel, u3, mask=mask)
+
+
+def _uniforms(expansion, numel, seed, offset):
+    groups = (expansion + 3) // 4
+    out = torch.empty(4 * groups, numel, device=DEVICE)
+    _uniforms_kernel[(triton.cdiv(numel, 256),)](out, _seed(seed), offset - 2**64 if offset >= 2**63 else offset,
+                                                 numel, EXPANSION=expansion, BLOCK=256)
+    return out[:expansion].cpu()
+
+
+def _seed(value=12345):
+    return torch.tensor(value, dtype=torch.int64, device=DEVICE)
+
+
+def _randn(*shape, generator, dtype=torch.float32):
+    return torch.randn(*shape, dtype=torch.float64, generator=generator).to(device=DEVICE, dtype=dtype)
+
+
+def _cpu64(tensor):
+    return tensor.detach().to("cpu", torch.float64)
+
+
+def _triton():
+    return mk.use_backend("triton")
+
+
+# ---- the RNG -------------------------------------------------------------------------------------------------
+
+def test_uniforms_match_vectors_exactly(rng_vectors):
+    for case in rng_vectors["uniforms"]:
+        # Element 0 of a 4-copy weight at offset c uses exactly counter c.
+        assert _uniforms(4, 1, case["seed"], case["c"])[:, 0].tolist() == case["u"]
+
+
+@pytest.mark.parametrize("expansion", [3, 8, 9])
+@pytest.mark.parametrize("offset", [0, 2**32 - 100, 2**64 - 150])
+def test_uniforms_equal_reference_exactly(expansion, offset, generator):
+    # The offsets cross the 32-bit counter boundary and wrap mod 2^64.
+    seed = random_seed(generator)
+    expected = reference.uniforms(expansion, 300, seed, offset)
+    assert torch.equal(_uniforms(expansion, 300, seed, offset), expected)
+
+
+def test_mixing_weights_match_vectors(rng_vectors):
+    with _triton():
+        for case in rng_vectors["mixing"]:
+            p = mk.functional.mixing_weights(case["e"], case["n"], case["seed"], case["offset"], device=DEVICE,
+                                             dtype=torch.float64)
+            torch.testing.assert_close(p.cpu(), torch.tensor(case["P"], dtype=torch.float64), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("expansion", EXPANSIONS)
+def test_mixing_weights_relative_accuracy(expansion, generator):
+    # Relative, not absolute: small P (small u) would show an inaccurate -log(1 - u). 2100 elements span 3 blocks.
+    seed, offset = random_seed(generator), 2**64 - 1000
+    with _triton():
+        p = mk.functional.mixing_weights(expansion, 2100, seed, offset, device=DEVICE)
+    assert p.dtype == torch.float32 and p.shape == (expansion, 2100)
+    torch.testing.assert_close(_cpu64(p), reference.mixing_weights(expansion, 2100, seed, offset), rtol=2e-6,
+                               atol=0)
+
+
+@pytest.mark.skipif("cpu" not in mk.available_backends("cpu"), reason="the C++ extension is not built")
+def test_mixing_weights_equal_cpu_backend(generator):
+    seed = random_seed(generator)
+    with mk.use_backend("cpu"):
+        expected = mk.functional.mixing_weights(5, 999, seed, 77)
+    with _triton():
+        actual = mk.functional.mixing_weights(5, 999, seed, 77, device=DEVICE)
+    torch.testing.assert_close(actual.cpu(), expected, rtol=0, atol=1e-6)
+
+
+# ---- combine, scatter ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("expansion", EXPANSIONS)
+@pytest.mark.parametrize("shape", [(1,), (1500,), (2, 3, 5, 7)])
+def test_combine(expansion, shape, generator):
+    weight = _randn(expansion, *shape, generator=generator)
+    seed, offset = random_seed(generator), int(torch.randint(0, 2**40, (), generator=generator))
+    with _triton():
+        actual = mk.functional.combine(weight, seed, offset)
+    assert actual.shape == shape and actual.dtype == torch.float32
+    assert_matches_reference(actual.detach().cpu(), reference.combine(_cpu64(weight), seed, offset))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("out_dtype", [None, torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_combine_dtypes(dtype, out_dtype, generator):
+    weight = _randn(3, 11, 13, generator=generator, dtype=dtype)
+    seed = random_seed(generator)
+    with _triton():
+        actual = mk.functional.combine(weight, seed, 2**64 - 5, out_dtype=out_dtype)
+    assert actual.dtype == (out_dtype or dtype)
+    assert_matches_reference(actual.cpu(), reference.combine(_cpu64(weight), seed, 2**64 - 5), dtype)
+
+
+@pytest.mark.parametrize("expansion", EXPANSIONS)
+@pytest.mark.parametrize("shape", [(7,), (13, 170)])
+def test_scatter(expansion, shape, generator):
+    grad = _randn(*shape, generator=generator)
+    seed, offset = random_seed(generator), random_seed(generator)
+    with _triton():
+        actual = mk.functional.scatter(grad, seed, offset, expansion)
+    assert actual.shape == (expansion, *shape) and actual.dtype == torch.float32
+    assert_matches_reference(actual.detach().cpu(), reference.scatter(_cpu64(grad), seed, offset, expansion))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_scatter_dtypes(dtype, generator):
+    grad = _randn(9, 31, generator=generator, dtype=dtype)
+    with _triton():
+        same = mk.functional.scatter(grad, 4, 0, 3)
+        wide = mk.functional.scatter(grad, 4, 0, 3, out_dtype=torch.float32)
+    expected = reference.scatter(_cpu64(grad), 4, 0, 3)
+    assert same.dtype == dtype and wide.dtype == torch.float32
+    assert_matches_reference(same.cpu(), expected)
+    assert_matches_reference(wide.cpu(), expected, dtype)
+
+
+@pytest.mark.parametrize("expansion", EXPANSIONS)
+def test_scatter_accumulates_in_place(expansion, generator):
+    grad = _randn(9, 31, generator=generator)
+    existing = _randn(expansion, 9, 31, generator=generator)
+    before = _cpu64(existing)
+    seed = random_seed(generator)
+    with _triton():
+        result = mk.functional.scatter(grad, seed, 3, expansion, accumulate_into=existing)
+    assert result is existing
+    assert_matches_reference(existing.detach().cpu(), before + reference.scatter(_cpu64(grad), seed, 3, expansion))
+
+
+def test_non_contiguous_weight_and_grad(generator):
+    weight = _randn(4, 10, 12, generator=generator).transpose(1, 2)
+    grad = _randn(12, 20, generator=generator)[:, ::2]
+    with _triton():
+        combined = mk.functional.combine(weight, 8, 0)
+        scattered = mk.functional.scatter(grad, 8, 0, 4)
+    assert_matches_reference(combined.detach().cpu(), reference.combine(_cpu64(weight), 8, 0))
+    assert_matches_reference(scattered.detach().cpu(), reference.scatter(_cpu64(grad), 8, 0, 4))
+
+
+def test_empty_tensors():
+    with _triton():
+        assert mk.functional.combine(torch.empty(3, 0, 5, device=DEVICE), 1).shape == (0, 5)
+        assert mk.functional.scatter(torch.empty(0, 5, device=DEVICE), 1, 0, 3).shape == (3, 0, 5)
+
+
+def test_nan_and_inf_propagate():
+    weight = torch.ones(3, 4, 5, device=DEVICE)
+    weight[1, 2, 3] = float("nan")
+    weight[0, 0, 0] = float("inf")
+    with _triton():
+        combined = mk.functional.combine(weight, 3)
+        scattered = mk.functional.scatter(weight[1], 3, 0, 2)
+    assert torch.isnan(combined[2, 3]) and torch.isinf(combined[0, 0])
+    assert torch.isfinite(combined).sum() == 18
+    assert torch.isnan(scattered[:, 2, 3]).all()
+
+
+# ---- registration: opcheck, gradients ------------------------------------------------------------------------
+
+def test_opcheck_every_op(generator):
+    weight = _randn(3, 5, 7, generator=generator).requires_grad_()
+    grad = _randn(5, 7, generator=generator).requires_grad_()
+    table = _randn(2, 6, 5, generator=generator).requires_grad_()
+    indices = torch.tensor([[0, 5, 5], [2, 0, 1]], device=DEVICE)
+    x, dy = _randn(4, 7, generator=generator), _randn(4, 5, generator=generator)
+    cases = [
+        (OPS.combine.default, (weight, _seed(), 11, None)),
+        (OPS.combine.default, (weight, _seed(), -11, torch.bfloat16)),
+        (OPS.scatter.default, (grad, _seed(), 11, 3, None)),
+        (OPS.scatter_add_.default, (_randn(3, 5, 7, generator=generator), grad.detach(), _seed(), 11)),
+        (OPS.mixing_weights.default, (_seed(), 11, 3, 35)),
+        (OPS.embedding_combine.default, (table, indices, _seed(), 11, None)),
+        (OPS.embedding_scatter.default, (_randn(2, 3, 5, generator=generator), indices, _seed(), 11, 2, 6,
+                                         torch.float32)),
+        (OPS.embedding_scatter_add_.default, (_randn(2, 6, 5, generator=generator), _randn(2, 3, 5,
+                                              generator=generator), indices, _seed(), 11)),
+        (OPS.mixed_matmul.default, (x, weight.detach(), _randn(5, generator=generator), _seed(), 11, False)),
+        (OPS.mixed_matmul.default, (dy, weight.detach(), None, _seed(), 11, True)),
+        (OPS.weight_grad.default, (dy, x, _seed(), 11, 3, torch.float32)),
+        (OPS.weight_grad_add_.default, (_randn(3, 5, 7, generator=generator), dy, x, _seed(), 11)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("expansion", [1, 3, 5])
+def test_gradcheck_combine_scatter_embedding(expansion, generator):
+    weight = _randn(expansion, 4, 6, generator=generator, dtype=torch.float64).requires_grad_()
+    grad = _randn(4, 6, generator=generator, dtype=torch.float64).requires_grad_()
+    indices = torch.tensor([3, 0, 3], device=DEVICE)
+    seed = _seed(99)
+    assert torch.autograd.gradcheck(lambda w: OPS.combine(w, seed, 3, None), (weight,), fast_mode=True)
+    assert torch.autograd.gradgradcheck(lambda w: OPS.combine(w, seed, 3, None), (weight,), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda g: OPS.scatter(g, seed, 3, expansion, None), (grad,), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda w: OPS.embedding_combine(w, indices, seed, 3, None), (weight,),
+                                    fast_mode=True)
+    assert torch.autograd.gradgradcheck(lambda w: OPS.embedding_combine(w, indices, seed, 3, None), (weight,),
+                                        fast_mode=True)
+
+
+@pytest.mark.parametrize("paths", [("fused", "fused"), ("combine", "scatter")])
+def test_gradcheck_majority_linear(paths, generator):
+    x = _randn(3, 5, generator=generator, dtype=torch.float64).requires_grad_()
+    w = _randn(4, 2, 5, generator=generator, dtype=torch.float64).requires_grad_()
+    b = _randn(2, generator=generator, dtype=torch.float64).requires_grad_()
+    with _triton(), triton_ops.force_paths(*paths):
+        assert torch.autograd.gradcheck(lambda x, w, b: mk.functional.majority_linear(x, w, b, seed=7), (x, w, b),
+                                        fast_mode=True)
+
+
+# ---- the linear layer's paths --------------------------------------------------------------------------------
+
+def _linear_case(m, n, k, expansion, generator, dtype=torch.float32):
+    x = _randn(m, k, generator=generator, dtype=dtype).requires_grad_()
+    weight = _randn(expansion, n, k, generator=generator).requires_grad_()
+    bias = _randn(n, generator=generator).requires_grad_()
+    return x, weight, bias
+
+
+def _reference_linear(x, weight, bias, seed, offset, grad_out, compute_dtype):
+    """Output and (x, weight, bias) gradients of the mixed linear layer in float64, from W_eff rounded to the
+    compute dtype as the kernels use it."""
+    x, weight, bias = (_cpu64(t).requires_grad_() for t in (x, weight, bias))
+    mixed = reference.combine(weight, seed, offset)
+    rounded = mixed + (mixed.to(compute_dtype).double() - mixed).detach()
+    out = F.linear(x, rounded, bias)
+    out.backward(_cpu64(grad_out))
+    return out.detach(), x.grad, weight.grad, bias.grad
+
+
+@pytest.mark.parametrize("forward", ["fused", "combine"])
+@pytest.mark.parametrize("wgrad", ["fused", "scatter"])
+def test_linear_paths_match_reference(forward, wgrad, generator):
+    # 37 x 45 x 70: several tiles of every GEMM dimension, none of them full.
+    x, weight, bias = _linear_case(37, 45, 70, 3, generator)
+    seed, offset = random_seed(generator), 2**64 - 20
+    grad_out = _randn(37, 45, generator=generator)
+    with _triton(), triton_ops.force_paths(forward, wgrad):
+        out = mk.functional.majority_linear(x, weight, bias, seed=seed, offset=offset)
+        out.backward(grad_out)
+    expected = _reference_linear(x, weight, bias, seed, offset, grad_out, torch.float32)
+    for actual, wanted in zip((out, x.grad, weight.grad, bias.grad), expected):
+        assert_gemm_matches_reference(actual.detach().cpu(), wanted)
+
+
+@pytest.mark.parametrize("expansion", EXPANSIONS)
+def test_fused_kernels_every_expansion(expansion, generator):
+    x, weight, bias = _linear_case(17, 20, 33, expansion, generator)
+    seed = random_seed(generator)
+    grad_out = _randn(17, 20, generator=generator)
+    with _triton(), triton_ops.force_paths("fused", "fused"):
+        out = mk.functional.majority_linear(x, weight, bias, seed=seed, offset=5)
+        out.backward(grad_out)
+    expected = _reference_linear(x, weight, bias, seed, 5, grad_out, torch.float32)
+    for actual, wanted in zip((out, x.grad, weight.grad, bias.grad), expected):
+        assert_gemm_matches_reference(actual.detach().cpu(), wanted)
+
+
+def test_linear_batched_input_and_no_bias(generator):
+    x = _randn(2, 3, 9, generator=generator)
+    weight = _randn(2, 4, 9, generator=generator)
+    with _triton(), triton_ops.force_paths("fused"):
+        out = mk.functional.majority_linear(x, weight, seed=1)
+    assert out.shape == (2, 3, 4)
+    assert_gemm_matches_reference(_cpu64(out), _cpu64(x) @ reference.combine(_cpu64(weight), 1).T)
+
+
+@pytest.mark.parametrize("forward", ["fused", "combine"])
+def test_linear_empty_batch_and_features(forward):
+    weight, bias = torch.ones(2, 4, 0, device=DEVICE, requires_grad=True), torch.ones(4, device=DEVICE)
+    with _triton(), triton_ops.force_paths(forward, "fused"):
+        out = mk.functional.majority_linear(torch.ones(3, 0, device=DEVICE), weight, bias, seed=1)
+        out.sum().backward()
+        assert torch.equal(out, bias.expand(3, 4)) and weight.grad.shape == (2, 4, 0)
+        weight = torch.ones(2, 4, 5, device=DEVICE, requires_grad=True)
+        assert mk.functional.majority_linear(torch.ones(0, 5, device=DEVICE), weight, seed=1).shape == (0, 4)
+
+
+@pytest.mark.parametrize("forward", ["fused", "combine"])
+def test_linear_under_autocast(forward, generator):
+    # float32 master weights, bfloat16 compute: W_eff (and the output) in bfloat16.
+    x, weight, bias = _linear_case(20, 24, 40, 4, generator)
+    grad_out = _randn(20, 24, generator=generator, dtype=torch.bfloat16)
+    with _triton(), triton_ops.force_paths(forward, "fused"), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        out = mk.functional.majority_linear(x, weight, bias, seed=3)
+    out.backward(grad_out)
+    assert out.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+    expected = _reference_linear(x.to(torch.bfloat16), weight, bias.to(torch.bfloat16), 3, 0, grad_out,
+                                 torch.bfloat16)
+    torch.testing.assert_close(_cpu64(out), expected[0], **TOLERANCES[torch.bfloat16])
+    torch.testing.assert_close(_cpu64(weight.grad), expected[2], rtol=2e-2, atol=2e-2)
+
+
+def test_fused_path_weight_kept_without_a_saved_copy(generator):
+    # The fused input gradient reads the copies: a leaf weight is remembered (and checked), a frozen one saved.
+    x, weight, bias = _linear_case(5, 6, 7, 2, generator)
+    with _triton(), triton_ops.force_paths("fused"):
+        out = mk.functional.majority_linear(x, weight, bias, seed=2)
+        with torch.no_grad():
+            weight.add_(1)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            out.sum().backward()
+        frozen = weight.detach()
+        out = mk.functional.majority_linear(x, frozen, bias, seed=2)
+        out.backward(torch.ones_like(out))
+    expected = torch.ones(5, 6, dtype=torch.float64) @ reference.combine(_cpu64(frozen), 2)
+    assert_gemm_matches_reference(x.grad.cpu(), expected)
+
+
+def test_weight_grad_add_accumulates(generator):
+    dy, x = _randn(19, 6, generator=generator), _randn(19, 11, generator=generator)
+    existing = _randn(3, 6, 11, generator=generator)
+    before = _cpu64(existing)
+    OPS.weight_grad_add_(existing, dy, x, _seed(5), 9)
+    expected = before + reference.scatter(_cpu64(dy).T @ _cpu64(x), 5, 9, 3)
+    assert_gemm_matches_reference(existing.cpu(), expected)
+
+
+@pytest.mark.parametrize("wgrad", ["fused", "scatter"])
+def test_linear_gradient_accumulates_into_grad(wgrad, generator):
+    # The second backward adds into weight.grad in place (weight_grad_add_ / scatter_add_).
+    x, weight, bias = _linear_case(9, 6, 11, 3, generator)
+    grad_out = _randn(9, 6, generator=generator)
+    with _triton(), triton_ops.force_paths("fused", wgrad):
+        for _ in range(2):
+            mk.functional.majority_linear(x, weight, bias, seed=4).backward(grad_out)
+    expected = _reference_linear(x, weight, bias, 4, 0, grad_out, torch.float32)
+    assert_gemm_matches_reference(weight.grad.cpu(), 2 * expected[2])
+
+
+def test_combine_and_embedding_gradients_accumulate_into_grad(generator):
+    weight = _randn(3, 4, 5, generator=generator).requires_grad_()
+    indices = torch.tensor([1, 3, 1], device=DEVICE)
+    with _triton():
+        for _ in range(2):
+            mk.functional.combine(weight, 6).sum().backward()
+            triton_ops.embedding_combine(weight, indices, _seed(6), 0, None).sum().backward()
+    expected = reference.scatter(torch.ones(4, 5, dtype=torch.float64), 6, 0, 3)
+    expected += reference.embedding_scatter(torch.ones(3, 5, dtype=torch.float64), indices.cpu(), 6, 0, 3, 4)
+    assert_matches_reference(weight.grad.cpu(), 2 * expected)
+
+
+def test_path_choice(monkeypatch):
+    monkeypatch.delenv("MK_LINEAR_PATH", raising=False)
+    monkeypatch.delenv("MK_WGRAD_PATH", raising=False)
+    assert triton_ops.linear_paths(triton_ops.FUSED_FORWARD_MAX_M) == ("fused", "fused")
+    assert triton_ops.linear_paths(triton_ops.FUSED_WGRAD_MAX_M + 1) == ("combine", "scatter")
+    monkeypatch.setenv("MK_LINEAR_PATH", "combine")
+    monkeypatch.setenv("MK_WGRAD_PATH", " Scatter ")
+    assert triton_ops.linear_paths(1) == ("combine", "scatter")
+    with triton_ops.force_paths("fused"):
+        assert triton_ops.linear_paths(1) == ("fused", "scatter")
+    monkeypatch.setenv("MK_LINEAR_PATH", "cublas")
+    with pytest.raises(ValueError, match="MK_LINEAR_PATH must be one of fused, combine"):
+        triton_ops.linear_paths(1)
+    with pytest.raises(ValueError, match="wgrad path must be one of"):
+        with triton_ops.force_paths(wgrad="epilogue"):
+            pass
+
+
+# ---- embeddings ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("expansion", [1, 3, 8])
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_embedding_combine_and_gradient(expansion, index_dtype, generator):
+    # dim 130: two column tiles; repeated rows: the gradient adds up.
+    table = _randn(expansion, 10, 130, generator=generator).requires_grad_()
+    indices = torch.tensor([[3, 0, 3], [9, 3, 1]], dtype=index_dtype, device=DEVICE)
+    seed, offset = random_seed(generator), 2**63 + 1
+    grad_out = _randn(2, 3, 130, generator=generator)
+    with _triton():
+        out = backends.BACKENDS["triton"].embedding_combine(table, indices, _seed(seed), offset - 2**64, None)
+    out.backward(grad_out)
+    assert out.shape == (2, 3, 130)
+    expected_out = reference.embedding_combine(_cpu64(table), indices.cpu(), seed, offset)
+    assert_matches_reference(out.detach().cpu(), expected_out)
+    expected = reference.embedding_scatter(_cpu64(grad_out), indices.cpu(), seed, offset, expansion, 10)
+    assert_matches_reference(table.grad.detach().cpu(), expected)
+
+
+def test_embedding_half_precision_table(generator):
+    table = _randn(2, 7, 5, generator=generator, dtype=torch.bfloat16).requires_grad_()
+    indices = torch.tensor([1, 1, 6], device=DEVICE)
+    out = triton_ops.embedding_combine(table, indices, _seed(4), 0, torch.float32)
+    out.backward(torch.ones_like(out))
+    assert out.dtype == torch.float32 and table.grad.dtype == torch.bfloat16
+    expected = reference.embedding_scatter(torch.ones(3, 5, dtype=torch.float64), indices.cpu(), 4, 0, 2, 7)
+    assert_matches_reference(table.grad.cpu(), expected)
+
+
+def test_embedding_bad_index_dtype():
+    with pytest.raises(TypeError, match="indices must be int64 or int32, got torch.float32"):
+        triton_ops.embedding_combine(torch.zeros(2, 4, 3, device=DEVICE), torch.zeros(2, device=DEVICE), _seed(), 0,
+                                     None)
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="CUDA indices are not range-checked eagerly (a device sync); "
+                                                 "the kernels mask them, and assert under TRITON_DEBUG=1")
+def test_embedding_indices_out_of_range():
+    table = torch.zeros(2, 4, 3)
+    with pytest.raises(IndexError, match=r"indices must lie in \[0, 4\).*\[-1, 2\]"):
+        triton_ops.embedding_combine(table, torch.tensor([2, -1]), _seed(), 0, None)
+    with pytest.raises(IndexError, match=r"\[0, 4\)"):
+        triton_ops.embedding_combine(table, torch.tensor([4]), _seed(), 0, None)
+
+
+# ---- bad input, availability ---------------------------------------------------------------------------------
+
+def test_bad_input_names_the_problem():
+    weight = torch.zeros(2, 3, device=DEVICE)
+    with pytest.raises(TypeError, match="backend 'triton' supports .*; out_dtype is torch.float8_e4m3fn"):
+        triton_ops.combine(weight, _seed(), 0, torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="seed must be a one-element int64 tensor"):
+        triton_ops.combine(weight, torch.tensor(1, dtype=torch.int32, device=DEVICE), 0, None)
+    with pytest.raises(ValueError, match="grad_weight must be a contiguous"):
+        triton_ops.scatter_add_(torch.zeros(2, 3, 4, device=DEVICE), torch.zeros(3, device=DEVICE), _seed(), 0)
+
+
+def test_unavailable_explains(monkeypatch):
+    assert triton_ops.unavailable(torch.device("meta")).startswith("backend 'triton' runs on CUDA tensors")
+    monkeypatch.setattr(triton_ops, "INTERPRETING", False)
+    assert "set TRITON_INTERPRET=1 before importing majority_kernels" in triton_ops.unavailable(torch.device("cpu"))
+
+
+# ---- through the layers and torch.compile --------------------------------------------------------------------
+
+def _train_steps(model, x, steps=2):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    for _ in range(steps):
+        loss = model(x).square().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+    return torch.stack(losses)
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(mk.MKLinear(8, 16, expansion=3), torch.nn.ReLU(),
+                               mk.MKConv1d(2, 2, 3, padding=1, expansion=2), torch.nn.Flatten(),
+                               mk.MKLinear(32, 1, expansion=5)).to(DEVICE)
+
+
+@pytest.mark.parametrize("forward", ["fused", "combine"])
+def test_layers_train_like_reference_backend(forward):
+    x = torch.randn(4, 2, 8, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    results = {}
+    for backend in ("triton", "reference"):
+        model = _model()
+        torch.manual_seed(2)
+        with mk.use_backend(backend), triton_ops.force_paths(forward):
+            results[backend] = (_train_steps(model, x), [p.detach().clone() for p in model.parameters()])
+    torch.testing.assert_close(results["triton"][0], results["reference"][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(results["triton"][1], results["reference"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("forward", ["fused", "combine"])
+def test_compile_fullgraph_matches_eager(forward):
+    torch._dynamo.reset()
+    x = torch.randn(4, 2, 8, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    eager_model, compiled_model = _model(), _model()
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    with _triton(), triton_ops.force_paths(forward):
+        torch.manual_seed(3)
+        eager = _train_steps(eager_model, x)
+        torch.manual_seed(3)
+        traced = _train_steps(compiled, x)
+    torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-6)
+    for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---- the benchmark's Triton variants ------------------------------------------------------------------------
+
+def test_bench_triton_variants(tmp_path):
+    from majority_kernels.cli import main
+
+    assert main(["bench", "--backend", "triton", "--device", DEVICE.type, "--shapes", "8x16x16", "--expansion", "2",
+                 "--no-compile", "--only", "linear,kernels", "--repeats", "1", "--warmup", "0",
+                 "--output", str(tmp_path / "run")]) == 0
+    report = json.loads((tmp_path / "run.json").read_text())
+    linear = {row["variant"]: row for row in report["linear"]}
+    assert set(linear) == {"dense", "naive", "mk[triton]", "mk[triton:combine,scatter-dW]",
+                           "mk[triton:combine,fused-dW]", "mk[triton:fused,scatter-dW]", "mk[triton:fused,fused-dW]"}
+    assert all(row["time_s"] > 0 for row in linear.values())
+    kernels = [row for row in report["kernels"] if row["variant"] == "mk[triton]"]
+    assert {row["op"] for row in kernels} == {"combine", "scatter"}
+    assert all(row["copy_bandwidth_fraction"] > 0 for row in kernels)
+    assert "| % copy BW |" in (tmp_path / "run.md").read_text()
+
+
+def test_bench_crossover_sweep():
+    # Runs on CUDA in `majority-kernels bench`; here its rows and summary on the interpreter.
+    from majority_kernels import bench
+    from majority_kernels.bench import runner
+
+    config = bench.BenchConfig(device=DEVICE, dtype=torch.float32, backends=("triton",),
+                               linear_shapes=(bench.LinearShape(1, 8, 16),), linear_expansions=(2,), conv_shapes=(),
+                               conv_expansions=(), repeats=1, warmup=0, crossover_ms=(1, 16))
+    rows = runner.crossover_rows((8, 16), 2, config, lambda: None)
+    timings = [row for row in rows if row["variant"] != "summary"]
+    assert {(row["M"], row["variant"]) for row in timings} <= {
+        (m, name) for m in (1, 16) for name in (runner.COMBINE, runner.FUSED_FORWARD, runner.FUSED_WGRAD)}
+    assert {row["variant"] for row in timings if row["M"] == 1} == {runner.COMBINE, runner.FUSED_FORWARD,
+                                                                     runner.FUSED_WGRAD}
+    summary = rows[-1]
+    assert summary["variant"] == "summary" and summary["fused_forward_max_m"] == triton_ops.FUSED_FORWARD_MAX_M
+    text = bench.report.crossover_summary(rows)
+    assert text.startswith("- weight 8x16, e = 2: the fused forward ") and "FUSED_WGRAD_MAX_M" in text
+
+
+# ---- GPU builds without a GPU --------------------------------------------------------------------------------
+
+_COMPILE_FOR_SM90 = textwrap.dedent("""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from majority_kernels.triton_kernels import combine, embedding, linear, scatter, weight_grad
+
+    def build(kernel, signature, constants, num_warps=4):
+        fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+        signature = {**signature, **{name: "constexpr" for name in constants}}
+        aligned = {(fn.arg_names.index(name),): [["tt.divisibility", 16]]
+                   for name, kind in signature.items() if kind.startswith("*")}
+        triton.compile(ASTSource(fn, signature, constants, aligned), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": num_warps})
+
+    elementwise = {"seed_ptr": "*i64", "offset": "i64", "numel": "i32"}
+    build(combine.combine_kernel, {"weight_ptr": "*fp32", "out_ptr": "*bf16", **elementwise},
+          {"EXPANSION": 5, "MATH64": False, "BLOCK": 1024})
+    build(scatter.scatter_kernel, {"grad_ptr": "*bf16", "out_ptr": "*fp32", **elementwise},
+          {"EXPANSION": 3, "MATH64": False, "MODE": 1, "HAS_GRAD": True, "BLOCK": 1024})
+    lookups = {"indices_ptr": "*i64", "seed_ptr": "*i64", "offset": "i64", "lookups": "i32", "rows": "i32",
+               "dim": "i32"}
+    build(embedding.scatter_add_kernel, {"grad_ptr": "*bf16", "out_ptr": "*fp32", **lookups},
+          {"EXPANSION": 4, "MATH64": False, "BLOCK_LOOKUPS": 8, "BLOCK_COLUMNS": 128})
+    build(embedding.gather_kernel, {"weight_ptr": "*fp64", "out_ptr": "*bf16", **lookups},
+          {"EXPANSION": 2, "MATH64": True, "BLOCK_LOOKUPS": 8, "BLOCK_COLUMNS": 128})
+    build(linear.mixed_matmul_kernel, {
+        "a_ptr": "*bf16", "weight_ptr": "*fp32", "bias_ptr": "*bf16", "c_ptr": "*bf16", "seed_ptr": "*i64",
+        "offset": "i64",
+        **dict.fromkeys(["M", "P", "Q", "stride_am", "stride_aq", "stride_cm", "stride_cp", "stride_wq",
+                         "stride_wp", "copy_stride", "M_BUCKET"], "i32")},
+        {"EXPANSION": 4, "HAS_BIAS": True, "MATH64": False, "UPCAST_16BIT": False, "INPUT_PRECISION": "ieee",
+         "BLOCK_M": 16, "BLOCK_P": 64, "BLOCK_Q": 32, "GROUP_M": 8})
+    build(weight_grad.weight_grad_kernel, {
+        "grad_ptr": "*bf16", "x_ptr": "*bf16", "out_ptr": "*fp32", "seed_ptr": "*i64", "offset": "i64",
+        **dict.fromkeys(["M", "N", "K", "stride_gm", "stride_gn", "stride_xm", "stride_xk", "M_BUCKET"], "i32")},
+        {"EXPANSION": 5, "MATH64": False, "MODE": 0, "UPCAST_16BIT": False, "INPUT_PRECISION": "ieee",
+         "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_M": 32, "GROUP_N": 8}, num_warps=8)
+    print("built")
+""")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels are built and run by the other tests")
+def test_kernels_build_for_sm90():
+    """The interpreter runs the kernels' Python, not Triton's compiler: build them for an H100 (sm_90, down to a
+    cubin with the ptxas Triton ships), so that code the compiler rejects fails here too."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and "built" in result.stdout, result.stderr[-3000:]
+
+
+# ---- GPU only ------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("forward", ["fused", "combine"])
+@pytest.mark.parametrize("wgrad", ["fused", "scatter"])
+def test_gpu_half_precision_linear(dtype, forward, wgrad, generator):
+    x, weight, bias = _linear_case(300, 520, 260, 4, generator)
+    grad_out = _randn(300, 520, generator=generator, dtype=dtype)
+    with _triton(), triton_ops.force_paths(forward, wgrad), torch.autocast("cuda", dtype=dtype):
+        out = mk.functional.majority_linear(x, weight, bias, seed=11)
+    out.backward(grad_out)
+    expected = _reference_linear(x.to(dtype), weight, bias.to(dtype), 11, 0, grad_out, dtype)
+    torch.testing.assert_close(_cpu64(out), expected[0], rtol=2e-2, atol=5e-2)
+    torch.testing.assert_close(_cpu64(weight.grad), expected[2], rtol=2e-2, atol=5e-2)
+
+
+@pytest.mark.gpu
+def test_gpu_cross_backend_equality(generator):
+    # Identical uniforms; P within 1e-6 of the C++ backends (CUDA and CPU) wherever they are built.
+    seed, numel, offset = random_seed(generator), 1 << 18, 2**32 - 7
+    assert torch.equal(_uniforms(8, numel, seed, offset), reference.uniforms(8, numel, seed, offset))
+    with _triton():
+        p = mk.functional.mixing_weights(8, numel, seed, offset, device=DEVICE).cpu()
+    for name, device in (("cuda", DEVICE), ("cpu", torch.device("cpu"))):
+        if name in mk.available_backends(device):
+            with mk.use_backend(name):
+                q = mk.functional.mixing_weights(8, numel, seed, offset, device=device).cpu()
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_64_bit_indexing():
+    # 2^31 + 3 elements: flat indices and copy offsets past int32.
+    numel = 2**31 + 3
+    weight = torch.ones(1, numel, dtype=torch.float16, device=DEVICE)
+    with _triton():
+        combined = mk.functional.combine(weight, 5, 0)
+    assert combined[-4:].eq(1).all() and combined[:4].eq(1).all()
+    del combined
+    with _triton():
+        copies = mk.functional.scatter(weight[0], 5, 0, 1)
+    assert copies[0, -4:].eq(1).all()
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_capture(generator):
+    layer = mk.MKLinear(64, 32, expansion=4).cuda()
+    x = torch.randn(16, 64, device=DEVICE)
+    seed = torch.tensor(5, device=DEVICE)
+    with _triton():
+        mk.functional.majority_linear(x, layer.weight, layer.bias, seed=seed).sum().backward()  # autotunes
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = mk.functional.majority_linear(x, layer.weight, layer.bias, seed=seed)
+        for value in (6, 7):
+            seed.fill_(value)
+            graph.replay()
+            torch.testing.assert_close(out, mk.functional.majority_linear(x, layer.weight, layer.bias, seed=value))

@@ -1,0 +1,111 @@
+"""The fused linear forward: C = A @ W_eff^T (or A @ W_eff) where the weight-tile load builds the W_eff tile from
+the e copies and the in-register RNG (mixing.mix): W_eff is never written.
+
+The mixed weight is addressed through strides: its element at (reduction row q, output column p) has the flat
+index q * stride_wq + p * stride_wp in the dense [N, K] weight (and the same index draws its P). Forward
+x @ W_eff^T: q runs over K, p over N (strides 1, K). Input gradient dY @ W_eff: q over N, p over K (strides K, 1).
+The draws and the e-fold loads are redone for every row tile of A, so this pays at small M only.
+"""
+
+import functools
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .mixing import cast_to, mix
+from .tiling import configs, dot, dot_options, grouped_tile, size_bucket
+
+# (BLOCK_M, BLOCK_P, BLOCK_Q, GROUP_M, num_warps, num_stages). The mixed weight tile is built in registers: at
+# more than 16 of its elements per thread the draws spill (checked with sm_90 builds), hence the (BLOCK_P, BLOCK_Q,
+# num_warps) pairs. The row tile follows M (_fitting); 3 stages where the e copies' tiles fit in shared memory,
+# else 1. Provisional set, to tune with the GPU benchmark.
+_GPU = [(rows, p, q, 8, warps, stages) for rows in (16, 32, 64, 128) for p, q, warps in ((64, 32, 4), (64, 64, 8))
+        for stages in (3, 1)]
+_INTERPRETER = (16, 32, 32, 2, 4, 1)
+
+
+def _shared_bytes(config: triton.Config, expansion: int, weight_bytes: int, input_bytes: int) -> int:
+    """Shared memory a configuration needs (an estimate that matches sm_90 builds to a few percent): num_stages - 1
+    buffers of the A tile and the e weight tiles, and the mixed tile for tl.dot."""
+    kw = config.kwargs
+    tile = kw["BLOCK_Q"] * kw["BLOCK_P"]
+    return ((config.num_stages - 1) * (expansion * tile * weight_bytes + kw["BLOCK_M"] * kw["BLOCK_Q"] * input_bytes)
+            + tile * input_bytes)
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_memory_limit(device: torch.device) -> int:
+    # ROCm's properties lack the field: its 64 KiB of LDS.
+    return getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 65536)
+
+
+def _fitting(configs_: list, named_args: dict, **kwargs) -> list:
+    """Per tile shape: the row tile of M's size bucket (16 to 128), with the most stages that fit."""
+    rows = min(max(16, named_args["M_BUCKET"]), 128)
+    weight, a = named_args["weight_ptr"], named_args["a_ptr"]
+    limit = _shared_memory_limit(weight.device)
+    chosen: dict = {}
+    for config in configs_:
+        kw = config.kwargs
+        if kw["BLOCK_M"] != rows:
+            continue
+        fits = _shared_bytes(config, kwargs["EXPANSION"], weight.element_size(), a.element_size()) <= limit
+        best = chosen.get((kw["BLOCK_P"], kw["BLOCK_Q"]))
+        if (fits or config.num_stages == 1) and (best is None or config.num_stages > best.num_stages):
+            chosen[(kw["BLOCK_P"], kw["BLOCK_Q"])] = config
+    return list(chosen.values())
+
+
+@triton.autotune(configs=configs(("BLOCK_M", "BLOCK_P", "BLOCK_Q", "GROUP_M"), _GPU, _INTERPRETER),
+                 key=["M_BUCKET", "P", "Q", "stride_wq", "EXPANSION"],
+                 prune_configs_by={"early_config_prune": _fitting})
+@triton.jit(do_not_specialize=["offset"])
+def mixed_matmul_kernel(a_ptr, weight_ptr, bias_ptr, c_ptr, seed_ptr, offset, M, P, Q, stride_am, stride_aq,
+                        stride_cm, stride_cp, stride_wq, stride_wp, copy_stride, M_BUCKET,
+                        EXPANSION: tl.constexpr, HAS_BIAS: tl.constexpr, MATH64: tl.constexpr,
+                        UPCAST_16BIT: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, GROUP_M: tl.constexpr):
+    tile_m, tile_p = grouped_tile(tl.program_id(0), M, P, BLOCK_M, BLOCK_P, GROUP_M)
+    rows = tile_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    columns = tile_p.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    row_in = rows < M
+    column_in = columns < P
+    seed = tl.load(seed_ptr)
+    copy_stride = tl.cast(copy_stride, tl.int64)
+    acc = tl.zeros((BLOCK_M, BLOCK_P), tl.float64 if a_ptr.dtype.element_ty == tl.float64 else tl.float32)
+    for start in range(0, Q, BLOCK_Q):
+        reduction = start + tl.arange(0, BLOCK_Q).to(tl.int64)
+        reduction_in = reduction < Q
+        a = tl.load(a_ptr + rows[:, None] * stride_am + reduction[None, :] * stride_aq,
+                    mask=row_in[:, None] & reduction_in[None, :], other=0.0)
+        index = reduction[:, None] * stride_wq + columns[None, :] * stride_wp
+        w_mask = reduction_in[:, None] & column_in[None, :]
+        mixed = mix(weight_ptr, copy_stride, index, w_mask, seed, offset, index, EXPANSION, MATH64)
+        # W_eff rounded to the compute dtype, as the combine path would store it.
+        acc = dot(a, cast_to(mixed, a.dtype), acc, UPCAST_16BIT, INPUT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + columns, mask=column_in, other=0.0).to(acc.dtype)[None, :]
+    tl.store(c_ptr + rows[:, None] * stride_cm + columns[None, :] * stride_cp, cast_to(acc, c_ptr.dtype.element_ty),
+             mask=row_in[:, None] & column_in[None, :])
+
+
+def mixed_matmul(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], seed: torch.Tensor,
+                 offset: int, transposed: bool, out: torch.Tensor) -> None:
+    """out = a @ W_eff^T + bias (transposed=False; a [M, K], out [M, N]) or a @ W_eff (transposed=True; a [M, N],
+    out [M, K]) for the contiguous weight [e, N, K]; a, bias and out in the compute dtype."""
+    _, n, k = weight.shape
+    m, p = out.shape
+    q = a.shape[1]
+    if m == 0 or p == 0:
+        return
+    stride_wq, stride_wp = (k, 1) if transposed else (1, k)
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(p, meta["BLOCK_P"]),)
+
+    mixed_matmul_kernel[grid](a, weight, bias if bias is not None else out, out, seed, offset, m, p, q,
+                              a.stride(0), a.stride(1), out.stride(0), out.stride(1), stride_wq, stride_wp, n * k,
+                              size_bucket(m), EXPANSION=weight.shape[0], HAS_BIAS=bias is not None,
+                              MATH64=a.dtype == torch.float64, **dot_options(a.dtype))

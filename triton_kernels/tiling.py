@@ -1,0 +1,51 @@
+"""What the GEMM kernels share: grouped program ordering, autotuning configurations, tl.dot operand types."""
+
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from . import INTERPRETING
+
+
+@triton.jit
+def grouped_tile(pid, rows, columns, BLOCK_ROWS: tl.constexpr, BLOCK_COLUMNS: tl.constexpr, GROUP: tl.constexpr):
+    """Program pid's output tile (row tile, column tile), with GROUP row tiles swept column by column: programs
+    that run together share operand tiles in L2."""
+    row_tiles = tl.cdiv(rows, BLOCK_ROWS)
+    column_tiles = tl.cdiv(columns, BLOCK_COLUMNS)
+    per_group = GROUP * column_tiles
+    first_row = (pid // per_group) * GROUP
+    group_rows = min(row_tiles - first_row, GROUP)
+    return first_row + (pid % per_group) % group_rows, (pid % per_group) // group_rows
+
+
+@triton.jit
+def dot(a, b, acc, UPCAST_16BIT: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """acc + a @ b. UPCAST_16BIT: 16-bit tiles are multiplied as float32 (the interpreter's bfloat16 dot is
+    wrong)."""
+    if UPCAST_16BIT and a.dtype.primitive_bitwidth == 16:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+
+def dot_options(dtype: torch.dtype) -> dict:
+    """UPCAST_16BIT and INPUT_PRECISION for operands of `dtype`: float32 follows torch's matmul precision setting
+    (TF32 unless it is "highest"), like F.linear; the interpreter multiplies 16-bit tiles in float32."""
+    tf32 = dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
+    return {"UPCAST_16BIT": INTERPRETING, "INPUT_PRECISION": "tf32" if tf32 and not INTERPRETING else "ieee"}
+
+
+def configs(names: Sequence[str], gpu: Sequence[tuple], interpreter: tuple) -> list[triton.Config]:
+    """Autotuning configurations: (*block sizes, GROUP, num_warps, num_stages) per entry; a single small one under
+    the interpreter, where tuning would need a GPU to time on."""
+    entries = [interpreter] if INTERPRETING else gpu
+    return [triton.Config(dict(zip(names, entry[:len(names)])), num_warps=entry[-2], num_stages=entry[-1])
+            for entry in entries]
+
+
+def size_bucket(size: int) -> int:
+    """Autotuning key for a GEMM's row count: its next power of two, so that varying batch sizes tune once per
+    bucket."""
+    return triton.next_power_of_2(max(size, 1))
