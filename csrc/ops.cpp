@@ -25,4 +25,6 @@ TORCH_LIBRARY(majority_kernels, m) {
         "-> Tensor");
   // Its gradient, added in place: grad_weight[k, r, d] += P[k, r * dim + d] * grad[..., d] for every lookup of r.
   m.def("embedding_scatter_add_(Tensor(a!) grad_weight, Tensor grad, Tensor indices, Tensor seed, int offset) -> ()");
+  // input [rows, in] @ combine(weight [e, out, in])^T + bias, in input's dtype, W_eff never stored (CUDA: few rows).
+  m.def("mixed_linear(Tensor input, Tensor weight, Tensor? bias, Tensor seed, int offset) -> Tensor");
 }

@@ -40,7 +40,8 @@ def assert_collapse_keeps_eval_outputs(mk_model: nn.Module, unconverted: nn.Modu
     return collapsed
 
 
-def test_huggingface_bert_classifier_convert_train_collapse():
+@pytest.mark.parametrize("layer_types", [(nn.Linear,), (nn.Linear, nn.Embedding)], ids=["linear", "linear+embedding"])
+def test_huggingface_bert_classifier_convert_train_collapse(layer_types):
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=48, max_position_embeddings=32, num_labels=3,
@@ -48,9 +49,9 @@ def test_huggingface_bert_classifier_convert_train_collapse():
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(config)
     unconverted = transformers.BertForSequenceClassification(config)
-    dense_linears = sum(isinstance(m, nn.Linear) for m in model.modules())
-    mk.convert(model, expansion=3)
-    assert sum(isinstance(m, mk.MKLinear) for m in model.modules()) == dense_linears > 0
+    converted = sum(type(m) in layer_types for m in model.modules())
+    mk.convert(model, expansion=3, layer_types=layer_types)
+    assert sum(isinstance(m, mk.layers._MKLayer) for m in model.modules()) == converted > 0
 
     def make_batch(step):
         generator = torch.Generator().manual_seed(step)

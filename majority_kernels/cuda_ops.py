@@ -1,0 +1,97 @@
+"""The `cuda` backend's linear layer: the choice between the fused small-M forward and combine + cuBLAS, and the
+fake kernel and autograd of the fused op `majority_kernels::mixed_linear` (CUDA kernel in csrc/cuda).
+
+With few input rows, reading the e copies of W is the whole cost of the layer: `mixed_linear` reads them once,
+mixes in registers and never writes W_eff. With many rows the GEMM dominates and the fused kernel would re-run the
+RNG per tile of rows, so W_eff is combined once and handed to cuBLAS (F.linear). The backward is the same for both:
+W_eff combined again from the same (seed, offset), dX = dY W_eff, dW_eff = dY^T X, then scattered to the copies.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import ops
+
+# Input rows up to which the fused forward runs. PROVISIONAL: the kernel's design point (the decode / small-batch
+# regime of issue 4), not yet measured; set it from the GPU benchmark of fused versus combine + cuBLAS.
+FUSED_MAX_ROWS = 16
+
+# Environment override of the choice: "fused" or "combine" forces that path for every shape ("auto": by shape).
+PATH_VARIABLE = "MK_LINEAR_PATH"
+PATHS = ("auto", "fused", "combine")
+
+_HALF_FLOATS = (torch.bfloat16, torch.float16)
+
+
+def fused_supports(weight_dtype: torch.dtype, input_dtype: torch.dtype) -> bool:
+    """Whether the fused kernel is built for these dtypes: equal, or float32 with bfloat16 / float16 either way."""
+    return (weight_dtype == input_dtype
+            or (weight_dtype == torch.float32 and input_dtype in _HALF_FLOATS)
+            or (weight_dtype in _HALF_FLOATS and input_dtype == torch.float32))
+
+
+def linear_path(rows: int, weight_dtype: torch.dtype, input_dtype: torch.dtype) -> str:
+    """"fused" or "combine": the path for `rows` input rows, unless MK_LINEAR_PATH forces one."""
+    forced = os.environ.get(PATH_VARIABLE, "auto").strip().lower() or "auto"
+    if forced not in PATHS:
+        raise ValueError(f"{PATH_VARIABLE} must be one of {PATHS}, got {forced!r}")
+    if forced == "fused" and not fused_supports(weight_dtype, input_dtype):
+        raise ValueError(f"{PATH_VARIABLE}=fused: the fused kernel has no build for weight {weight_dtype} with "
+                         f"input {input_dtype}")
+    if forced != "auto":
+        return forced
+    return "fused" if rows <= FUSED_MAX_ROWS and fused_supports(weight_dtype, input_dtype) else "combine"
+
+
+def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int,
+           out_dtype: torch.dtype) -> Tensor:
+    """F.linear(input, combine(weight), bias) computed in out_dtype (the autocast dtype under autocast: custom ops
+    are not autocast-aware, so input and bias are cast here)."""
+    x = input.to(out_dtype)
+    b = bias.to(out_dtype) if bias is not None else None
+    out_features, in_features = weight.shape[1], weight.shape[2]
+    rows = math.prod(x.shape[:-1])
+    if linear_path(rows, weight.dtype, out_dtype) == "fused":
+        y = torch.ops.majority_kernels.mixed_linear(x.reshape(rows, in_features), weight, b, seed, offset)
+        return y.view(*x.shape[:-1], out_features)
+    return F.linear(x, torch.ops.majority_kernels.combine(weight, seed, offset, out_dtype), b)
+
+
+def _register() -> None:
+    name = "majority_kernels::mixed_linear"
+
+    @torch.library.register_fake(name)
+    def _fake(input, weight, bias, seed, offset):
+        return input.new_empty((input.shape[0], weight.shape[1]))
+
+    def _setup(ctx, inputs, output):
+        input, weight, bias, seed, offset = inputs
+        ctx.save_for_backward(input, weight, seed)
+        ctx.offset = offset
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+
+    def _backward(ctx, grad_output):
+        input, weight, seed = ctx.saved_tensors
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            mixed = torch.ops.majority_kernels.combine(weight, seed, ctx.offset, input.dtype)
+            grad_input = grad_output @ mixed
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.ops.majority_kernels.scatter(grad_output.t() @ input, seed, ctx.offset,
+                                                             weight.shape[0], weight.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_bias = grad_output.sum(0).to(ctx.bias_dtype)
+        return grad_input, grad_weight, grad_bias, None, None
+
+    torch.library.register_autograd(name, _backward, setup_context=_setup)
+
+
+if ops.HAS_EXTENSION:
+    _register()
