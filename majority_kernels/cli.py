@@ -1,14 +1,18 @@
-"""The `majority-kernels` command (also `python -m majority_kernels`). Subcommands: bench."""
+"""The `majority-kernels` command (also `python -m majority_kernels`). Subcommands: bench, train."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
+import math
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from . import bench
+from . import bench, train
 from .backends import backend_for, use_backend
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -133,11 +137,126 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _float_above(minimum: float, what: str, *, inclusive: bool = False) -> Callable[[str], float]:
+    """Parses a finite float > minimum (>= minimum when inclusive)."""
+    bound = f"{'>=' if inclusive else '>'} {minimum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number {bound}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"{what} must be a finite number {bound}, got {text}")
+        return value
+    return parse
+
+
+def _inits(text: str) -> tuple[str, ...]:
+    inits = tuple(dict.fromkeys(item.strip().lower() for item in text.split(",")))
+    unknown = set(inits) - set(train.presets.INITS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown init(s) {sorted(unknown)}: choose from {list(train.presets.INITS)}")
+    return inits
+
+
+def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train dense vs MK models on real data over seeds: accuracy, time, deployed-model check",
+        description="Trains a dense baseline and MK variants (every expansion x init) from each seed and reports "
+                    "per variant: test accuracy (language model: loss and perplexity), mean ± std over seeds, the "
+                    "paired difference to dense, training time per epoch and its ratio to dense, the deployed "
+                    "(collapsed) model's parameter count and inference time, and a check that the deployed model "
+                    "scores what the MK model scores in eval mode. Prints the table; writes results.json, "
+                    "results.md and PNG plots. A preset sets everything; the other options override it.",
+        epilog="Presets: " + "; ".join(f"{name}: {config.describe()}" for name, config in train.PRESETS.items())
+               + ". Your own data: --dataset package.module:function, a function returning "
+                 "majority_kernels.train.custom_task(train_dataset, test_dataset, num_classes).")
+    parser.add_argument("--preset", choices=list(train.PRESETS), default="default",
+                        help="the experiment to start from (default: default); options left out keep its values")
+    parser.add_argument("--dataset", metavar="NAME|MODULE:FUNCTION",
+                        help=f"built-in ({', '.join(train.data.BUILT_IN)}) or a function returning a "
+                             "majority_kernels.train.Task")
+    parser.add_argument("--model", choices=list(train.models.MODELS), help="the model to train")
+    parser.add_argument("--expansion", type=_expansions, metavar="E[,...]", help="MK expansions, e.g. 2,4,8")
+    parser.add_argument("--init", type=_inits, metavar="INIT[,...]",
+                        help=f"MK initialisations, from {','.join(train.presets.INITS)}")
+    parser.add_argument("--seeds", type=_int_at_least(1, "seeds"), metavar="N", help="seeds 0..N-1")
+    parser.add_argument("--epochs", type=_int_at_least(1, "epochs"), metavar="N", help="training epochs")
+    parser.add_argument("--batch-size", type=_int_at_least(1, "batch size"), metavar="N", help="training batch size")
+    parser.add_argument("--lr", type=_float_above(0, "learning rate"),
+                        help="AdamW's peak learning rate (cosine-annealed to 0 over the run)")
+    parser.add_argument("--weight-decay", type=_float_above(0, "weight decay", inclusive=True), metavar="WD",
+                        help="AdamW's weight decay")
+    parser.add_argument("--train-samples", type=_int_at_least(1, "train samples"), metavar="N",
+                        help="use the first N training samples only (quick runs)")
+    parser.add_argument("--test-samples", type=_int_at_least(1, "test samples"), metavar="N",
+                        help="use the first N test samples only")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto (default): cuda when available, else cpu")
+    parser.add_argument("--backend", default="auto",
+                        help="the majority-kernels backend (auto, cpu, reference, ...); default: auto, the fastest")
+    parser.add_argument("--output", metavar="DIR",
+                        help="results folder; default: benchmarks/results/train/<preset>-<device> under the "
+                             "working directory")
+    parser.add_argument("--threads", type=_int_at_least(1, "threads"), metavar="N",
+                        help="CPU threads for torch (torch.set_num_threads); default: torch's choice. 1 avoids "
+                             "OpenMP spin-waiting on a CPU that other jobs share")
+    parser.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    parser.set_defaults(handler=_train, parser=parser)
+
+
+def _train_config(args: argparse.Namespace) -> train.TrainConfig:
+    """The preset with the options given on the command line in place of its settings."""
+    options = {"dataset": args.dataset, "model": args.model, "expansions": args.expansion, "inits": args.init,
+               "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+               "weight_decay": args.weight_decay, "train_samples": args.train_samples,
+               "test_samples": args.test_samples, "output": args.output and Path(args.output)}
+    changes = {key: value for key, value in options.items() if value is not None}
+    return dataclasses.replace(train.PRESETS[args.preset], device=args.device, backend=args.backend,
+                               plots=args.plots, progress=args.progress, **changes)
+
+
+def _train(args: argparse.Namespace) -> int:
+    parser = args.parser
+    config = _train_config(args)
+    try:
+        device = train.resolve_device(config.device)
+    except ValueError as error:
+        parser.error(f"argument --device: {error}")
+    if "," in config.backend:
+        parser.error(f"argument --backend: name one backend, got {config.backend!r}")
+    (backend,) = _backends(config.backend, device, parser)
+    if config.plots and importlib.util.find_spec("matplotlib") is None:
+        parser.error("the plots need matplotlib: pip install 'majority-kernels[train]', or pass --no-plots")
+    try:
+        task = train.experiment.load_task(config)
+    except (ValueError, TypeError) as error:
+        parser.error(f"argument --dataset: {error}")
+    except ImportError as error:  # the data's package is missing
+        parser.error(str(error))
+    try:
+        train.models.model_builder(config.model, task)
+    except ValueError as error:
+        parser.error(f"argument --model: {error}")
+    # Results on other data go to a folder named after it.
+    config = dataclasses.replace(config, backend=backend, name=task.name if args.dataset else config.name)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    report = train.run(config, task)
+    print(train.summary_table(report))
+    for path in train.write(report, train.default_output(config, device), plots=config.plots):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="majority-kernels",
                                      description="majority-kernels: Simulated Overparameterization kernels")
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     _add_bench_parser(subparsers)
+    _add_train_parser(subparsers)
     return parser
 
 
