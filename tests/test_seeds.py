@@ -3,6 +3,7 @@ in forward, backward and checkpoint recomputation, fresh P per forward and per l
 alike draw alike, and a saved RNG state restores the stream exactly."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -16,6 +17,12 @@ from majority_kernels import reference
 F64 = dict(rtol=1e-10, atol=1e-12)
 # P as a float32-accurate quantity: a different P gives O(1) relative differences, so this still tells P apart.
 P_TOL = dict(rtol=1e-5, atol=1e-9)
+
+
+def exact_p(expansion: int, shape, seed) -> torch.Tensor:
+    """P in float64 as the float64 layers use it (the spec's reference, not the float32 P of mixing_weights)."""
+    shape = tuple(shape)
+    return mk.reference.mixing_weights(expansion, math.prod(shape), seed).view(expansion, *shape)
 
 
 def draw_seed_like_layer(device):
@@ -189,7 +196,7 @@ def test_weight_grad_is_p_times_mixed_grad_linear(expansion, generator):
     grad_out = torch.randn(4, 5, generator=generator, dtype=torch.float64)
     out, (seed,) = seeds_drawn_by(lambda: layer(x), 1)
     out.backward(grad_out)
-    p = mk.functional.mixing_weights(expansion, (5, 7), seed, dtype=torch.float64)
+    p = exact_p(expansion, (5, 7), seed)
     assert p.shape == (expansion, 5, 7)
     torch.testing.assert_close(layer.weight.grad, p * (grad_out.T @ x), **P_TOL)
     torch.testing.assert_close(layer.bias.grad, grad_out.sum(0), **F64)
@@ -205,7 +212,7 @@ def test_weight_grad_is_p_times_mixed_grad_conv(expansion, generator):
     out.backward(grad_out)
     w_eff = reference.combine(layer.weight.detach(), seed).requires_grad_()
     (d_w_eff,) = torch.autograd.grad(F.conv2d(x, w_eff, None, 2, 1), w_eff, grad_out)
-    p = mk.functional.mixing_weights(expansion, w_eff.shape, seed, dtype=torch.float64)
+    p = exact_p(expansion, w_eff.shape, seed)
     torch.testing.assert_close(layer.weight.grad, p * d_w_eff, **P_TOL)
 
 
@@ -220,7 +227,7 @@ def test_backward_uses_forward_p_after_rng_is_consumed(generator):
     torch.manual_seed(123)
     grad_out = torch.randn(5, 3, generator=generator, dtype=torch.float64)
     out.backward(grad_out)
-    p = mk.functional.mixing_weights(4, (3, 6), seed, dtype=torch.float64)
+    p = exact_p(4, (3, 6), seed)
     torch.testing.assert_close(layer.weight.grad, p * (grad_out.T @ x), **P_TOL)
 
 
@@ -231,8 +238,8 @@ def test_two_forwards_one_backward_each_keeps_its_p(generator):
     g1, g2 = (torch.randn(2, 3, generator=generator, dtype=torch.float64) for _ in range(2))
     # backward in the opposite order to the forwards
     torch.autograd.backward([y2, y1], [g2, g1])
-    p1 = mk.functional.mixing_weights(3, (3, 4), s1, dtype=torch.float64)
-    p2 = mk.functional.mixing_weights(3, (3, 4), s2, dtype=torch.float64)
+    p1 = exact_p(3, (3, 4), s1)
+    p2 = exact_p(3, (3, 4), s2)
     torch.testing.assert_close(layer.weight.grad, p1 * (g1.T @ x1) + p2 * (g2.T @ x2), **P_TOL)
 
 
