@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops
+from ._grad_accumulation import accumulated, accumulation_target, remember_weight, remembered_weight
 
 # Input rows up to which the fused forward runs. PROVISIONAL: the kernel's design point (the decode / small-batch
 # regime of issue 4), not yet measured; set it from the GPU benchmark of fused versus combine + cuBLAS.
@@ -73,19 +74,30 @@ def _register() -> None:
 
     def _setup(ctx, inputs, output):
         input, weight, bias, seed, offset = inputs
-        ctx.save_for_backward(input, weight, seed)
-        ctx.offset = offset
+        # The input gradient recombines W_eff from the copies: an eager leaf weight is remembered (no saved tensor,
+        # as in the combine op's backward), any other weight saved.
+        remember_weight(ctx, weight)
+        ctx.save_for_backward(input, seed, weight if ctx.expanded_weight is None else None)
+        ctx.offset, ctx.expansion, ctx.weight_dtype = offset, weight.shape[0], weight.dtype
         ctx.bias_dtype = bias.dtype if bias is not None else None
 
     def _backward(ctx, grad_output):
-        input, weight, seed = ctx.saved_tensors
+        input, seed, saved_weight = ctx.saved_tensors
+        remembered = remembered_weight(ctx)
+        weight = saved_weight if saved_weight is not None else remembered
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             mixed = torch.ops.majority_kernels.combine(weight, seed, ctx.offset, input.dtype)
             grad_input = grad_output @ mixed
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.ops.majority_kernels.scatter(grad_output.t() @ input, seed, ctx.offset,
-                                                             weight.shape[0], weight.dtype)
+            dense_grad = grad_output.t() @ input
+            target = accumulation_target(remembered)
+            if target is not None:  # a later micro-batch: add into .grad in place
+                torch.ops.majority_kernels.scatter_add_(target, dense_grad, seed, ctx.offset)
+                grad_weight = accumulated(remembered)
+            else:
+                grad_weight = torch.ops.majority_kernels.scatter(dense_grad, seed, ctx.offset, ctx.expansion,
+                                                                 ctx.weight_dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum(0).to(ctx.bias_dtype)
         return grad_input, grad_weight, grad_bias, None, None

@@ -181,6 +181,45 @@ def test_mixed_linear_fake_kernel():
     assert out.shape == (3, 7) and out.dtype == torch.bfloat16
 
 
+@pytest.fixture
+def mixed_linear_on_cpu():
+    """A stand-in CPU kernel for mixed_linear (combine, then F.linear), so that the autograd formula of cuda_ops
+    runs here; removed after the test."""
+    if torch._C._dispatch_has_kernel_for_dispatch_key("majority_kernels::mixed_linear", "CPU"):
+        pytest.skip("mixed_linear already has a CPU kernel")
+    library = torch.library.Library("majority_kernels", "IMPL")
+    library.impl("mixed_linear", lambda x, w, b, seed, offset: torch.nn.functional.linear(
+        x, OPS.combine(w, seed, offset, x.dtype), b), "CPU")
+    yield
+    library._destroy()
+
+
+@needs_extension
+def test_mixed_linear_autograd_accumulates_in_place_and_checks_the_weight(mixed_linear_on_cpu, generator):
+    weight = torch.nn.Parameter(torch.randn(3, 5, 7, generator=generator, dtype=torch.float64))
+    bias = torch.nn.Parameter(torch.randn(5, generator=generator, dtype=torch.float64))
+    seed = torch.tensor(random_seed(generator))
+    expected = torch.zeros_like(weight)
+    for _ in range(3):  # the second and third backward add into .grad in place
+        x = torch.randn(4, 7, generator=generator, dtype=torch.float64, requires_grad=True)
+        out = OPS.mixed_linear(x, weight, bias, seed, 0)
+        grad_out = torch.randn(out.shape, generator=generator, dtype=torch.float64)
+        out.backward(grad_out)
+        reference_out = torch.nn.functional.linear(x, reference.combine(weight, seed, 0), bias)
+        grad_weight, grad_x = torch.autograd.grad(reference_out, (weight, x), grad_out)
+        expected += grad_weight
+        torch.testing.assert_close(x.grad, grad_x)
+    torch.testing.assert_close(weight.grad, expected)
+    out = OPS.mixed_linear(x, weight, bias, seed, 0)
+    with torch.no_grad():
+        weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+    non_leaf = torch.randn(3, 5, 7, generator=generator, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: OPS.mixed_linear(x, w * 1.0, bias, seed, 0),
+                                    (x.detach().requires_grad_(), non_leaf))
+
+
 @needs_extension
 def test_cuda_build_registers_every_op():
     has = [torch._C._dispatch_has_kernel_for_dispatch_key(f"majority_kernels::{name}", "CUDA") for name in OP_NAMES]
