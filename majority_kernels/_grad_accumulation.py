@@ -11,7 +11,7 @@ this backward's gradient.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -68,3 +68,15 @@ def accumulation_target(weight: Optional[Tensor]) -> Optional[Tensor]:
 def accumulated(weight: Tensor) -> Tensor:
     """What the backward returns once it has added into weight.grad: zeros of weight's shape, without memory."""
     return torch.zeros((), dtype=weight.dtype, device=weight.device).expand(weight.shape)
+
+
+def copies_gradient(weight: Optional[Tensor], add_into: Callable[[Tensor], object],
+                    compute: Callable[[], Tensor]) -> Tensor:
+    """The expanded weight's gradient for a backward to return: when the backward adds into weight.grad
+    (accumulation_target), add_into(weight.grad) adds it in place and the memoryless zero is returned; otherwise
+    compute() makes it."""
+    target = accumulation_target(weight)
+    if target is None:
+        return compute()
+    add_into(target)
+    return accumulated(weight)

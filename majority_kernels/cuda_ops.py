@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops
-from ._grad_accumulation import accumulated, accumulation_target, remember_weight, remembered_weight
+from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
 
 # Input rows up to which the fused forward runs. PROVISIONAL: the kernel's design point (the decode / small-batch
 # regime of issue 4), not yet measured; set it from the GPU benchmark of fused versus combine + cuBLAS.
@@ -91,13 +91,11 @@ def _register() -> None:
             grad_input = grad_output @ mixed
         if ctx.needs_input_grad[1]:
             dense_grad = grad_output.t() @ input
-            target = accumulation_target(remembered)
-            if target is not None:  # a later micro-batch: add into .grad in place
-                torch.ops.majority_kernels.scatter_add_(target, dense_grad, seed, ctx.offset)
-                grad_weight = accumulated(remembered)
-            else:
-                grad_weight = torch.ops.majority_kernels.scatter(dense_grad, seed, ctx.offset, ctx.expansion,
-                                                                 ctx.weight_dtype)
+            grad_weight = copies_gradient(
+                remembered,
+                lambda target: torch.ops.majority_kernels.scatter_add_(target, dense_grad, seed, ctx.offset),
+                lambda: torch.ops.majority_kernels.scatter(dense_grad, seed, ctx.offset, ctx.expansion,
+                                                           ctx.weight_dtype))
         if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum(0).to(ctx.bias_dtype)
         return grad_input, grad_weight, grad_bias, None, None

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ._grad_accumulation import accumulated, accumulation_target, remember_weight, remembered_weight
+from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
 
 
 def _load_extension() -> Optional[str]:
@@ -64,12 +64,10 @@ def _register() -> None:
 
     def _combine_backward(ctx, grad):
         (seed,) = ctx.saved_tensors
-        weight = remembered_weight(ctx)
-        target = accumulation_target(weight)
-        if target is not None:
-            torch.ops.majority_kernels.scatter_add_(target, grad, seed, ctx.offset)
-            return accumulated(weight), None, None, None
-        grad_weight = torch.ops.majority_kernels.scatter(grad, seed, ctx.offset, ctx.expansion, ctx.weight_dtype)
+        grad_weight = copies_gradient(
+            remembered_weight(ctx),
+            lambda target: torch.ops.majority_kernels.scatter_add_(target, grad, seed, ctx.offset),
+            lambda: torch.ops.majority_kernels.scatter(grad, seed, ctx.offset, ctx.expansion, ctx.weight_dtype))
         return grad_weight, None, None, None
 
     def _scatter_setup(ctx, inputs, output):
@@ -130,12 +128,10 @@ def _register_embedding() -> None:
     def _embedding_combine_backward(ctx, grad):
         # The indices get no gradient. Adding into an existing .grad touches the looked-up rows only.
         indices, seed = ctx.saved_tensors
-        weight = remembered_weight(ctx)
-        target = accumulation_target(weight)
-        if target is not None:
-            torch.ops.majority_kernels.embedding_scatter_add_(target, grad, indices, seed, ctx.offset)
-            return accumulated(weight), None, None, None, None
-        grad_weight = _EmbeddingScatter.apply(grad, indices, seed, ctx.offset, ctx.weight_shape, ctx.weight_dtype)
+        grad_weight = copies_gradient(
+            remembered_weight(ctx),
+            lambda target: torch.ops.majority_kernels.embedding_scatter_add_(target, grad, indices, seed, ctx.offset),
+            lambda: _EmbeddingScatter.apply(grad, indices, seed, ctx.offset, ctx.weight_shape, ctx.weight_dtype))
         return grad_weight, None, None, None, None
 
     torch.library.register_autograd(f"{ns}::embedding_combine", _embedding_combine_backward,

@@ -32,7 +32,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
-from ._grad_accumulation import accumulated, accumulation_target, remember_weight, remembered_weight
+from ._grad_accumulation import accumulated, accumulation_target, copies_gradient, remember_weight, remembered_weight
 from .triton_kernels import INTERPRETING
 from .triton_kernels import combine as combine_kernels
 from .triton_kernels import embedding as embedding_kernels
@@ -240,12 +240,9 @@ def _combine_setup(ctx, inputs, output):
 
 def _combine_backward(ctx, grad):
     (seed,) = ctx.saved_tensors
-    weight = remembered_weight(ctx)
-    target = accumulation_target(weight)
-    if target is not None:
-        _scatter_add_(target, grad, seed, ctx.offset)
-        return accumulated(weight), None, None, None
-    return _scatter(grad, seed, ctx.offset, ctx.expansion, ctx.weight_dtype), None, None, None
+    grad_weight = copies_gradient(remembered_weight(ctx), lambda target: _scatter_add_(target, grad, seed, ctx.offset),
+                                  lambda: _scatter(grad, seed, ctx.offset, ctx.expansion, ctx.weight_dtype))
+    return grad_weight, None, None, None
 
 
 def _scatter_setup(ctx, inputs, output):
@@ -336,17 +333,13 @@ class _MixedLinear(torch.autograd.Function):
 
 def _linear_weight_grad(ctx, grad_out: Tensor, x: Tensor, seed: Tensor) -> Tensor:
     """Every copy's gradient P_k * (grad_out^T x), added into weight.grad in place when the backward accumulates."""
-    weight = remembered_weight(ctx)
-    target = accumulation_target(weight)
-    if ctx.fused_wgrad and target is not None:
-        _weight_grad_add_(target, grad_out, x, seed, ctx.offset)
-    elif ctx.fused_wgrad:
-        return _weight_grad(grad_out, x, seed, ctx.offset, ctx.expansion, ctx.weight_dtype)
-    elif target is not None:
-        _scatter_add_(target, torch.mm(grad_out.t(), x), seed, ctx.offset)
-    else:
-        return _scatter(torch.mm(grad_out.t(), x), seed, ctx.offset, ctx.expansion, ctx.weight_dtype)
-    return accumulated(weight)
+    if ctx.fused_wgrad:
+        return copies_gradient(
+            remembered_weight(ctx), lambda target: _weight_grad_add_(target, grad_out, x, seed, ctx.offset),
+            lambda: _weight_grad(grad_out, x, seed, ctx.offset, ctx.expansion, ctx.weight_dtype))
+    return copies_gradient(
+        remembered_weight(ctx), lambda target: _scatter_add_(target, torch.mm(grad_out.t(), x), seed, ctx.offset),
+        lambda: _scatter(torch.mm(grad_out.t(), x), seed, ctx.offset, ctx.expansion, ctx.weight_dtype))
 
 
 # ---- path choice ---------------------------------------------------------------------------------------------
