@@ -1,6 +1,7 @@
 """Shared helpers of the test suite."""
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import majority_kernels as mk
 
@@ -37,3 +38,21 @@ def assert_gemm_matches_reference(actual: torch.Tensor, expected: torch.Tensor) 
     tolerance = dict(TOLERANCES[actual.dtype])
     tolerance["atol"] = max(tolerance["atol"], 3e-5)
     torch.testing.assert_close(actual.to(torch.float64), expected, **tolerance)
+
+
+class ParameterSizedAllocations(TorchDispatchMode):
+    """Records the ops that return a new tensor (not a view of an existing one) of `numel` elements."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.ops = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = {t.untyped_storage().data_ptr() for t in (*args, *(kwargs or {}).values())
+                  if isinstance(t, torch.Tensor)}
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if (isinstance(t, torch.Tensor) and t.numel() == self.numel
+                    and t.untyped_storage().data_ptr() not in inputs and not func.is_view):
+                self.ops.append(str(func.overloadpacket))
+        return out

@@ -8,13 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import majority_kernels as mk
 from majority_kernels import ops, reference
 
-from helpers import (CPU_BACKENDS, EXPANSIONS, FAST_CPU_BACKENDS, TOLERANCES, assert_matches_reference,
-                     random_seed)
+from helpers import (CPU_BACKENDS, EXPANSIONS, FAST_CPU_BACKENDS, TOLERANCES, ParameterSizedAllocations,
+                     assert_matches_reference, random_seed)
 
 needs_extension = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="the C++ extension is not built")
 OPS = torch.ops.majority_kernels if ops.HAS_EXTENSION else None
@@ -224,23 +223,6 @@ def test_functional_output_keeps_weight_dtype_under_autocast(generator):
     assert out.dtype == torch.float32
 
 
-class TableSizedAllocations(TorchDispatchMode):
-    """Records the ops that return a new tensor (not a view, not an input's storage) of `numel` elements."""
-
-    def __init__(self, numel):
-        super().__init__()
-        self.numel, self.ops = numel, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        inputs = {t.untyped_storage().data_ptr() for t in (*args, *(kwargs or {}).values())
-                  if isinstance(t, torch.Tensor)}
-        out = func(*args, **(kwargs or {}))
-        if (isinstance(out, torch.Tensor) and out.numel() == self.numel and not func.is_view
-                and out.untyped_storage().data_ptr() not in inputs):
-            self.ops.append(str(func.overloadpacket))
-        return out
-
-
 @pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
 def test_gradient_accumulation_adds_into_grad_in_place(backend, generator):
     """Later backward passes add the looked-up rows into .grad, with no [e, rows, dim] temporary; the result is
@@ -259,7 +241,7 @@ def test_gradient_accumulation_adds_into_grad_in_place(backend, generator):
         layer(batches[0]).square().sum().backward()
         storage = layer.weight.grad.data_ptr()
         for tokens in batches[1:]:
-            with TableSizedAllocations(layer.weight.numel()) as results:
+            with ParameterSizedAllocations(layer.weight.numel()) as results:
                 layer(tokens).square().sum().backward()
             assert results.ops == [] and layer.weight.grad.data_ptr() == storage
     torch.testing.assert_close(layer.weight.grad, sum(separate))

@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
 import majority_kernels as mk
-from helpers import FAST_CPU_BACKENDS
+from helpers import FAST_CPU_BACKENDS, ParameterSizedAllocations
 
 CUDA = torch.device("cuda")
 
@@ -166,24 +166,6 @@ def test_autocast_and_grad_scaler_on_gpu(dtype):
 
 
 # --------------------------------------------------------------------------------------- gradient accumulation
-
-
-class ParameterSizedAllocations(TorchDispatchMode):
-    """Records the ops that return a new tensor (not a view of an existing one) of `numel` elements."""
-
-    def __init__(self, numel: int) -> None:
-        super().__init__()
-        self.numel, self.ops = numel, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        inputs = {t.untyped_storage().data_ptr() for t in (*args, *(kwargs or {}).values())
-                  if isinstance(t, torch.Tensor)}
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if (isinstance(t, torch.Tensor) and t.numel() == self.numel
-                    and t.untyped_storage().data_ptr() not in inputs and not func.is_view):
-                self.ops.append(str(func.overloadpacket))
-        return out
 
 
 @pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
