@@ -2,7 +2,8 @@
 # One-shot GPU check, for a session with a GPU machine (run it from the repository root, in one device call):
 #   1. build the CUDA kernels in place for the visible GPU     4. fused small-M forward vs combine + cuBLAS
 #   2. the GPU tests (pytest -m gpu)                           5. majority-kernels bench --device cuda (cuda, triton)
-#   3. compute-sanitizer memcheck on tests/test_cuda.py        6. the rest of the suite (pytest -m "not gpu")
+#   3. compute-sanitizer memcheck on tests/test_cuda.py        6. the fused convolution prototype (bench conv-fused)
+#                                                              7. the rest of the suite (pytest -m "not gpu")
 # Each step is time-boxed so that the whole script ends within ~9 minutes; a failed step does not stop the next
 # ones (except the build). Logs, the timing JSON and the benchmark results go to $OUT (the device tool's result
 # folder) when set, else benchmarks/results/gpu-check/; the benchmark also writes benchmarks/results/ as usual.
@@ -69,6 +70,13 @@ EOF
 
 step bench 240 "$python" -m majority_kernels bench --device cuda --backend cuda,triton --shapes 8192x4096x4096 \
   --expansion 4 --only linear,kernels,crossover
+
+# The fused implicit-GEMM convolution forward against combine + cuDNN (issue 3, item 5), in its own time box so that
+# a slow autotune cannot cost the linear results: from many output pixels per batch (where redrawing P per pixel
+# tile should lose) to few.
+step bench-conv-fused 90 "$python" -m majority_kernels bench --device cuda --backend cuda,triton \
+  --conv-shapes 64x128x128x56x56x3,8x256x256x14x14x3,1x512x512x7x7x3 --expansion 4 --only conv-fused \
+  --output benchmarks/results/cuda-conv-fused
 cp benchmarks/results/cuda-* "$logs/" 2>/dev/null
 
 step rest-of-suite 300 "$python" -m pytest -q -p no:cacheprovider -m "not gpu"

@@ -86,7 +86,8 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="skip the torch.compile(naive) baseline")
     parser.add_argument("--only", type=_sections, metavar="SECTION[,...]",
-                        help=f"sections to run, from {','.join(bench.SECTIONS)}; default: all")
+                        help=f"sections to run, from {','.join(bench.SECTIONS)}; default: all (crossover and "
+                             "conv-fused need CUDA and the Triton backend; elsewhere they are skipped)")
     parser.set_defaults(handler=_bench, parser=parser)
 
 
@@ -117,7 +118,7 @@ def _bench_config(args: argparse.Namespace) -> bench.BenchConfig:
     device = _device(args.device, parser)
     defaults = bench.DEFAULTS[device.type]
     dtype = defaults.dtype if args.dtype == "auto" else DTYPES[args.dtype]
-    return bench.BenchConfig(
+    config = bench.BenchConfig(
         device=device, dtype=dtype, backends=_backends(args.backend, device, parser),
         linear_shapes=args.shapes or defaults.linear_shapes,
         linear_expansions=args.expansion or defaults.linear_expansions,
@@ -126,6 +127,13 @@ def _bench_config(args: argparse.Namespace) -> bench.BenchConfig:
         sections=args.only or frozenset(bench.SECTIONS),
         repeats=args.repeats, warmup=args.warmup, compile=args.compile,
         output=bench.resolve_output(args.output, bench.default_name(device, dtype)))
+    # Sections named in --only that cannot run here are refused; left to the default, they are skipped with a
+    # note in the report.
+    skipped = bench.skipped_sections(config) if args.only else {}
+    if skipped:
+        parser.error("argument --only: " + "; ".join(f"section {section} cannot run here: {why}"
+                                                    for section, why in skipped.items()))
+    return config
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -20,6 +20,10 @@ The mixed linear layer has two forward paths and two weight-gradient paths:
   dW "scatter":      torch's GEMM for dW_eff, then scatter.
 MK_LINEAR_PATH=fused|combine and MK_WGRAD_PATH=fused|scatter force a path (read when the layer runs, or when
 torch.compile traces it); `force_paths` does the same in a block. Otherwise the batch size M decides.
+
+Convolutions run combine, then cuDNN. `conv2d_fused_forward` (the op mixed_conv2d) is a forward-only prototype of
+the alternative, an implicit-GEMM convolution with the mixing fused into its weight-tile load, kept for the
+benchmark that decides whether it is worth finishing.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from . import _validation as check
 from ._grad_accumulation import accumulated, accumulation_target, copies_gradient, remember_weight, remembered_weight
 from .triton_kernels import INTERPRETING
 from .triton_kernels import combine as combine_kernels
+from .triton_kernels import conv as conv_kernels
 from .triton_kernels import embedding as embedding_kernels
 from .triton_kernels import linear as linear_kernels
 from .triton_kernels import scatter as scatter_kernels
@@ -223,6 +229,23 @@ def _weight_grad_add_(grad_weight: Tensor, grad_out: Tensor, input: Tensor, seed
 @_weight_grad_add_.register_fake
 def _(grad_weight, grad_out, input, seed, offset):
     return None
+
+
+@_op("mixed_conv2d")
+def _mixed_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int, stride: list[int],
+                  padding: list[int], dilation: list[int], groups: int) -> Tensor:
+    """F.conv2d(x, W_eff, bias, stride, padding, dilation) for NCHW x and weight [e, C_out, C_in, KH, KW]
+    (groups = 1 only), in x's dtype, W_eff built inside an implicit-GEMM convolution. Forward only, with no
+    autograd formula: a prototype to benchmark against combine + cuDNN (`majority-kernels bench --only
+    conv-fused`); the layers' convolutions do not use it."""
+    return conv_kernels.mixed_conv2d(x, weight, bias, seed, offset, stride, padding, dilation, groups)
+
+
+@_mixed_conv2d.register_fake
+def _(x, weight, bias, seed, offset, stride, padding, dilation, groups):
+    sizes = (conv_kernels.output_size(x.shape[2 + d], weight.shape[3 + d], stride[d], padding[d], dilation[d])
+             for d in (0, 1))
+    return x.new_empty((x.shape[0], weight.shape[1], *sizes))
 
 
 # ---- autograd ------------------------------------------------------------------------------------------------
@@ -446,3 +469,23 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, 
     out = _MixedLinear.apply(x, weight, None if bias is None else bias.to(out_dtype), seed, offset,
                              forward == "fused", wgrad == "fused")
     return out.view(*input.shape[:-1], weight.shape[1])
+
+
+IntOrPair = Union[int, Sequence[int]]
+
+
+def conv2d_fused_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrPair = 1,
+                         padding: IntOrPair = 0, dilation: IntOrPair = 1, groups: int = 1, *,
+                         seed: Union[int, Tensor], offset: int = 0) -> Tensor:
+    """The forward of mk.functional.majority_conv2d by the fused implicit-GEMM kernel: equal to combine then
+    F.conv2d (same P, W_eff rounded to the compute dtype), without W_eff in memory. Input and bias are cast to the
+    compute dtype (the autocast dtype, else weight's), as majority_conv2d would. A forward-only prototype, for
+    the benchmark: a backward through its output raises; NCHW, groups = 1."""
+    check.check_floating(input, "input")
+    _check_dtype(weight.dtype, "weight")
+    dtype = check.compute_dtype(input, weight)
+    _check_dtype(dtype, "the compute dtype")
+    pairs = [list(conv_kernels.pair(value, name, minimum))
+             for value, name, minimum in ((stride, "stride", 1), (padding, "padding", 0), (dilation, "dilation", 1))]
+    return _mixed_conv2d(input.to(dtype), weight, None if bias is None else bias.to(dtype),
+                         check.seed_tensor(seed, weight.device), check.signed_offset(offset), *pairs, groups)

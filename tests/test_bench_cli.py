@@ -74,6 +74,23 @@ def test_markdown(written):
     assert "× compiled" not in markdown and "peak MiB" not in markdown  # columns without values are left out
 
 
+def test_gpu_sections_skipped_with_a_note(written):
+    report, markdown = written
+    skipped = report["meta"]["skipped_sections"]
+    assert set(skipped) == {"crossover", "conv-fused"} and not set(skipped) & set(report)
+    assert "- not run: conv-fused: it times Triton kernels on a CUDA GPU, and this run is on cpu" in markdown
+
+
+@pytest.mark.parametrize("sections", ["conv-fused", "linear,conv-fused", "crossover"])
+def test_gpu_sections_asked_for_are_refused_on_cpu(sections, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--device", "cpu", "--only", sections])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    section = sections.split(",")[-1]
+    assert f"argument --only: section {section} cannot run here: it times Triton kernels on a CUDA GPU" in error
+
+
 def test_compiled_baseline(tmp_path):
     assert main(["bench", *TINY, "--expansion", "2", "--only", "linear,kernels", "--output", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("*.json")

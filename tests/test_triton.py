@@ -568,7 +568,7 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from majority_kernels.triton_kernels import combine, embedding, linear, scatter, weight_grad
+    from majority_kernels.triton_kernels import combine, conv, embedding, linear, scatter, weight_grad
 
     def build(kernel, signature, constants, num_warps=4):
         fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
@@ -601,6 +601,13 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
         **dict.fromkeys(["M", "N", "K", "stride_gm", "stride_gn", "stride_xm", "stride_xk", "M_BUCKET"], "i32")},
         {"EXPANSION": 5, "MATH64": False, "MODE": 0, "UPCAST_16BIT": False, "INPUT_PRECISION": "ieee",
          "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_M": 32, "GROUP_N": 8}, num_warps=8)
+    build(conv.mixed_conv2d_kernel, {
+        "x_ptr": "*bf16", "weight_ptr": "*fp32", "bias_ptr": "*bf16", "out_ptr": "*bf16", "seed_ptr": "*i64",
+        "offset": "i64",
+        **dict.fromkeys(["C_in", "H", "W", "C_out", "H_out", "W_out", "stride_h", "stride_w", "pad_h", "pad_w",
+                         "dilation_h", "dilation_w", "M", "M_BUCKET"], "i32")},
+        {"KH": 3, "KW": 3, "EXPANSION": 4, "HAS_BIAS": True, "MATH64": False, "UPCAST_16BIT": False,
+         "INPUT_PRECISION": "ieee", "BLOCK_M": 128, "BLOCK_P": 64, "BLOCK_Q": 32, "GROUP_M": 8}, num_warps=8)
     print("built")
 """)
 

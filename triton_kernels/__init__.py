@@ -2,8 +2,9 @@
 
 One module per op family: mixing (the RNG and Dirichlet math of DESIGN.md section 4, shared by all), combine,
 scatter, linear (GEMM with the combination fused into the weight-tile load), weight_grad (dW GEMM with the
-scatter fused into its epilogue), embedding. Launchers take contiguous torch tensors and write into outputs
-they are given; majority_kernels.triton_ops wraps them as custom ops.
+scatter fused into its epilogue), embedding, conv (implicit-GEMM convolution forward with the combination fused
+in: a prototype for the benchmark). Launchers take contiguous torch tensors and write into outputs they are given
+(conv's checks its arguments and returns its output); majority_kernels.triton_ops wraps them as custom ops.
 """
 
 import triton

@@ -7,7 +7,6 @@ x @ W_eff^T: q runs over K, p over N (strides 1, K). Input gradient dY @ W_eff: 
 The draws and the e-fold loads are redone for every row tile of A, so this pays at small M only.
 """
 
-import functools
 from typing import Optional
 
 import torch
@@ -15,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .mixing import cast_to, mix
-from .tiling import configs, dot, dot_options, grouped_tile, size_bucket
+from .tiling import configs, dot, dot_options, grouped_tile, shared_bytes, shared_memory_limit, size_bucket
 
 # (BLOCK_M, BLOCK_P, BLOCK_Q, GROUP_M, num_warps, num_stages). The mixed weight tile is built in registers: at
 # more than 16 of its elements per thread the draws spill (checked with sm_90 builds), hence the (BLOCK_P, BLOCK_Q,
@@ -26,32 +25,17 @@ _GPU = [(rows, p, q, 8, warps, stages) for rows in (16, 32, 64, 128) for p, q, w
 _INTERPRETER = (16, 32, 32, 2, 4, 1)
 
 
-def _shared_bytes(config: triton.Config, expansion: int, weight_bytes: int, input_bytes: int) -> int:
-    """Shared memory a configuration needs (an estimate that matches sm_90 builds to a few percent): num_stages - 1
-    buffers of the A tile and the e weight tiles, and the mixed tile for tl.dot."""
-    kw = config.kwargs
-    tile = kw["BLOCK_Q"] * kw["BLOCK_P"]
-    return ((config.num_stages - 1) * (expansion * tile * weight_bytes + kw["BLOCK_M"] * kw["BLOCK_Q"] * input_bytes)
-            + tile * input_bytes)
-
-
-@functools.lru_cache(maxsize=None)
-def _shared_memory_limit(device: torch.device) -> int:
-    # ROCm's properties lack the field: its 64 KiB of LDS.
-    return getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 65536)
-
-
 def _fitting(configs_: list, named_args: dict, **kwargs) -> list:
     """Per tile shape: the row tile of M's size bucket (16 to 128), with the most stages that fit."""
     rows = min(max(16, named_args["M_BUCKET"]), 128)
     weight, a = named_args["weight_ptr"], named_args["a_ptr"]
-    limit = _shared_memory_limit(weight.device)
+    limit = shared_memory_limit(weight.device)
     chosen: dict = {}
     for config in configs_:
         kw = config.kwargs
         if kw["BLOCK_M"] != rows:
             continue
-        fits = _shared_bytes(config, kwargs["EXPANSION"], weight.element_size(), a.element_size()) <= limit
+        fits = shared_bytes(config, kwargs["EXPANSION"], weight.element_size(), a.element_size()) <= limit
         best = chosen.get((kw["BLOCK_P"], kw["BLOCK_Q"]))
         if (fits or config.num_stages == 1) and (best is None or config.num_stages > best.num_stages):
             chosen[(kw["BLOCK_P"], kw["BLOCK_Q"])] = config

@@ -1,5 +1,7 @@
-"""What the GEMM kernels share: grouped program ordering, autotuning configurations, tl.dot operand types."""
+"""What the GEMM kernels share: grouped program ordering, autotuning configurations, tl.dot operand types, the
+shared-memory estimate of the GEMMs that mix their weight tiles."""
 
+import functools
 from typing import Sequence
 
 import torch
@@ -49,3 +51,20 @@ def size_bucket(size: int) -> int:
     """Autotuning key for a GEMM's row count: its next power of two, so that varying batch sizes tune once per
     bucket."""
     return triton.next_power_of_2(max(size, 1))
+
+
+def shared_bytes(config: triton.Config, expansion: int, weight_bytes: int, input_bytes: int) -> int:
+    """Shared memory a configuration (BLOCK_M, BLOCK_P, BLOCK_Q) of a GEMM that mixes its weight tiles needs (an
+    estimate that matches sm_90 builds to a few percent): num_stages - 1 buffers of the A tile and the e weight
+    tiles, and the mixed tile for tl.dot."""
+    kw = config.kwargs
+    tile = kw["BLOCK_Q"] * kw["BLOCK_P"]
+    return ((config.num_stages - 1) * (expansion * tile * weight_bytes + kw["BLOCK_M"] * kw["BLOCK_Q"] * input_bytes)
+            + tile * input_bytes)
+
+
+@functools.lru_cache(maxsize=None)
+def shared_memory_limit(device: torch.device) -> int:
+    """Shared memory one program may use on `device`."""
+    # ROCm's properties lack the field: its 64 KiB of LDS.
+    return getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 65536)

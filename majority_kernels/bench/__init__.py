@@ -7,9 +7,9 @@
 
 from .config import DEFAULTS, SECTIONS, BenchConfig, ConvShape, LinearShape, parse_shapes
 from .report import default_name, resolve_output, to_markdown, write
-from .runner import floor_extra_bytes, run
+from .runner import floor_extra_bytes, run, skipped_sections
 
 __all__ = [
     "BenchConfig", "ConvShape", "LinearShape", "DEFAULTS", "SECTIONS", "parse_shapes", "run", "write",
-    "to_markdown", "default_name", "resolve_output", "floor_extra_bytes",
+    "to_markdown", "default_name", "resolve_output", "floor_extra_bytes", "skipped_sections",
 ]

@@ -10,8 +10,9 @@ from typing import ContextManager, Union
 import torch
 from torch import Tensor, nn
 
-# "crossover": the M sweep of the Triton backend's linear paths (CUDA with Triton only).
-SECTIONS = ("linear", "conv", "kernels", "crossover")
+# "crossover": the M sweep of the Triton backend's linear paths; "conv-fused": the convolution forward with the
+# mixing fused into an implicit GEMM against combine + cuDNN. Both CUDA with Triton only.
+SECTIONS = ("linear", "conv", "kernels", "crossover", "conv-fused")
 
 # Row counts M of the crossover sweep (it stops early once both fused paths have stopped paying).
 CROSSOVER_MS = (1, 4, 16, 64, 256, 1024, 4096, 8192)
@@ -157,7 +158,15 @@ class BenchConfig:
 
     @property
     def conv_cases(self) -> list[tuple[ConvShape, int]]:
-        if "conv" not in self.sections:
+        return self._conv_cases("conv")
+
+    @property
+    def conv_fused_cases(self) -> list[tuple[ConvShape, int]]:
+        """The fused convolution's forward on the conv shapes and expansions."""
+        return self._conv_cases("conv-fused")
+
+    def _conv_cases(self, section: str) -> list[tuple[ConvShape, int]]:
+        if section not in self.sections:
             return []
         return [(shape, e) for shape in self.conv_shapes for e in self.conv_expansions]
 

@@ -14,6 +14,7 @@ import torch
 
 from .. import __version__
 from .config import BenchConfig
+from .variants import FUSED
 
 RESULTS_DIR = Path("benchmarks/results")
 
@@ -53,8 +54,9 @@ def resolve_output(output: Optional[str], name: str) -> Path:
     return path.with_suffix("") if path.suffix in (".json", ".md") else path
 
 
-def run_info(config: BenchConfig, bandwidth: float) -> dict:
-    """The run's description: what ran where, with which versions and settings, and the copy bandwidth."""
+def run_info(config: BenchConfig, bandwidth: float, skipped: dict[str, str]) -> dict:
+    """The run's description: what ran where, with which versions and settings, the copy bandwidth, and the
+    sections asked for that cannot run here (`skipped`: section -> why)."""
     device = config.device
     return {
         "name": config.output.name,
@@ -75,6 +77,7 @@ def run_info(config: BenchConfig, bandwidth: float) -> dict:
         "warmup": config.warmup,
         "compile": config.compile,
         "copy_bandwidth_bytes_per_s": bandwidth,
+        "skipped_sections": skipped,
     }
 
 
@@ -118,11 +121,19 @@ CROSSOVER_COLUMNS: list[Column] = [
     ("median ms", _number("time_s", MS, 3)), ("× combine", _number("ratio_combine")),
 ]
 
+CONV_FUSED_COLUMNS: list[Column] = [
+    ("shape", _text("shape")), ("e", _text("expansion")), ("variant", _text("variant")),
+    ("median ms", _number("time_s", MS, 3)), ("× dense", _number("ratio_dense")),
+    ("× combine", _number("ratio_combine")),
+]
+
 SECTION_TITLES = {"linear": ("Linear (x: M×K, weight: N×K)", LAYER_COLUMNS),
                   "conv": ("Conv2d (batch×C_in×C_out×H×W×kernel, stride 1, same padding)", LAYER_COLUMNS),
                   "kernels": ("Kernels alone (weight e×N×K)", KERNEL_COLUMNS),
                   "crossover": ("Triton linear paths over M (one training step; × combine = time / the combine "
-                                "path's)", CROSSOVER_COLUMNS)}
+                                "path's)", CROSSOVER_COLUMNS),
+                  "conv-fused": ("Conv2d forward: the fused implicit GEMM against combine + cuDNN (× combine = "
+                                 "time / the fastest mk[...]'s)", CONV_FUSED_COLUMNS)}
 
 NOTES = """\
 Times are medians of the repeats, all variants of a case timed in turn in the same rounds; × X = time / X's time.
@@ -136,7 +147,10 @@ from the forward); floor = bytes of the copies + one compute-dtype matrix / copy
 time. % floor = floor / extra (layers) and % copy BW = GB/s / copy bandwidth (kernels): 100 at the floor.
 mk[triton:A,B-dW]: the Triton backend with its forward path A (fused: W_eff built inside the GEMM; combine: W_eff,
 then cuBLAS) and dW path B (fused: the copies' gradients written by the dW GEMM's epilogue; scatter: cuBLAS, then
-scatter) forced; mk[triton] chooses them by M."""
+scatter) forced; mk[triton] chooses them by M. Conv2d forward: the forward alone (no autograd) under the run's
+dtype; mk[X] = combine on backend X (W_eff written in the compute dtype), then F.conv2d (cuDNN); fused[triton] =
+one Triton implicit-GEMM convolution that mixes the copies as it loads its weight tiles (a forward-only
+prototype)."""
 
 
 def markdown_table(rows: list[dict], columns: list[Column]) -> str:
@@ -163,6 +177,7 @@ def _header(meta: dict) -> str:
         f"- {meta['repeats']} timed rounds after {meta['warmup']} warm-up rounds; torch.compile baseline: "
         f"{'yes' if meta['compile'] else 'no'}; date: {meta['date']}",
         f"- copy bandwidth: {meta['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (large copy_, read + write)",
+        *(f"- not run: {section}: {why}" for section, why in meta.get("skipped_sections", {}).items()),
     ])
 
 
@@ -180,14 +195,30 @@ def crossover_summary(rows: list[dict]) -> str:
         for row in rows if row["variant"] == "summary")
 
 
+def conv_fused_summary(rows: list[dict]) -> str:
+    """One line: the cases where the fused convolution is faster than the fastest combine + cuDNN, if any."""
+    fused = [row for row in rows if row["role"] == FUSED]
+    wins = [f"{row['shape']} e = {row['expansion']} ({row['ratio_combine']:.2f}×)" for row in fused
+            if row["ratio_combine"] < 1]
+    if wins:
+        return "- the fused implicit GEMM beats combine + cuDNN at: " + ", ".join(wins)
+    closest = min(fused, key=lambda row: row["ratio_combine"])
+    return (f"- the fused implicit GEMM beats combine + cuDNN nowhere measured (closest: {closest['shape']} e = "
+            f"{closest['expansion']}, {closest['ratio_combine']:.2f}× the time)")
+
+
+SUMMARIES: dict[str, Callable[[list[dict]], str]] = {"crossover": crossover_summary,
+                                                     "conv-fused": conv_fused_summary}
+
+
 def to_markdown(report: dict) -> str:
     parts = [_header(report["meta"]), NOTES]
     for section, (title, columns) in SECTION_TITLES.items():
         rows = report.get(section)
         if rows:
             parts += [f"## {title}", markdown_table([row for row in rows if row["variant"] != "summary"], columns)]
-            if section == "crossover":
-                parts.append(crossover_summary(rows))
+            if section in SUMMARIES:
+                parts.append(SUMMARIES[section](rows))
     return "\n\n".join(parts) + "\n"
 
 

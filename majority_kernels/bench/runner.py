@@ -14,12 +14,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from . import report
-from ..backends import available_backends
+from ..backends import BACKENDS
 from ..layers import MKLinear
-from .config import BenchConfig, LinearShape, Shape
+from .config import BenchConfig, ConvShape, LinearShape, Shape
 from .measure import PeakMemory, SavedBytes, SavedTensorCounter, copy_bandwidth, time_interleaved
-from .variants import COMPILED, DENSE, MK, NAIVE, BuildOptions, KernelStep, Variant, combine_steps, layer_variants, \
-    scatter_steps, triton_path_name
+from .variants import COMPILED, DENSE, MK, NAIVE, BuildOptions, KernelStep, Variant, combine_steps, \
+    conv_forward_steps, layer_variants, scatter_steps, triton_path_name
 
 MASTER_DTYPE = torch.float32
 SEED = 20240207
@@ -205,6 +205,48 @@ def crossover_rows(weight_shape: tuple[int, int], expansion: int, config: BenchC
     return rows
 
 
+def conv_fused_rows(shape: ConvShape, expansion: int, config: BenchConfig,
+                    advance: Callable[[], None]) -> list[dict]:
+    """The forward alone (no autograd, under the run's autocast) of one convolution: dense, the MK path (combine
+    + F.conv2d) per backend, and the fused implicit GEMM. A row per implementation, with its time over dense's and
+    over the fastest MK path's ("ratio_combine")."""
+    dense = shape.dense_layer(config.device)
+    x = shape.input(config.device, config.dtype)
+    weight = torch.randn(expansion, *dense.weight.shape, device=config.device, dtype=MASTER_DTYPE)
+    seed = torch.tensor(SEED, dtype=torch.int64, device=config.device)
+    steps = conv_forward_steps(dense, x, weight, seed, BuildOptions(config.backends, config.compile))
+    with torch.no_grad(), config.autocast():
+        for step in steps:  # first calls untimed: autotuning, cuDNN's algorithm search
+            step.run()
+        samples = time_interleaved({step.name: step.run for step in steps}, config.device, warmup=config.warmup,
+                                   repeats=config.repeats, on_round=advance)
+    medians = _medians(samples)
+    combine = min(medians[step.name] for step in steps if step.role == MK)
+    return [{
+        "section": "conv-fused", "shape": shape.label, "dims": shape.as_dict(), "expansion": expansion,
+        "variant": step.name, "role": step.role, "time_s": medians[step.name], "times_s": samples[step.name],
+        "ratio_dense": medians[step.name] / medians[DENSE], "ratio_combine": medians[step.name] / combine,
+    } for step in steps]
+
+
+# The sections that time Triton kernels against cuBLAS / cuDNN: they run only on CUDA with the Triton backend.
+GPU_TRITON_SECTIONS = ("crossover", "conv-fused")
+
+
+def _gpu_triton_unavailable(config: BenchConfig) -> Optional[str]:
+    """None if the GPU Triton sections can run on the device of `config`, else why not."""
+    if config.device.type != "cuda":
+        return f"it times Triton kernels on a CUDA GPU, and this run is on {config.device.type}"
+    why = BACKENDS["triton"].unavailable(config.device)
+    return None if why is None else f"it needs the Triton backend, which cannot run here: {why}"
+
+
+def skipped_sections(config: BenchConfig) -> dict[str, str]:
+    """The sections of `config` that cannot run on its device, each with why."""
+    why = _gpu_triton_unavailable(config)
+    return {} if why is None else {section: why for section in GPU_TRITON_SECTIONS if section in config.sections}
+
+
 @dataclass(frozen=True)
 class Case:
     """One unit of the run: `measure(bandwidth, advance)` returns its rows, calling `advance` after every timed
@@ -224,16 +266,19 @@ def plan(config: BenchConfig) -> list[Case]:
              for shape, e in shape_cases]
     cases += [Case("kernels", f"kernels {e}x{n}x{k}", 2, functools.partial(kernel_rows, (n, k), e, config))
               for (n, k), e in config.kernel_cases]
-    if config.device.type == "cuda" and "triton" in available_backends(config.device):
+    if _gpu_triton_unavailable(config) is None:
         cases += [Case("crossover", f"crossover {e}x{n}x{k}", len(config.crossover_ms),
                        functools.partial(crossover_rows, (n, k), e, config))
                   for (n, k), e in config.crossover_cases]
+        cases += [Case("conv-fused", f"conv-fused {shape.label} e={e}", 1,
+                       functools.partial(conv_fused_rows, shape, e, config))
+                  for shape, e in config.conv_fused_cases]
     return cases
 
 
 def run(config: BenchConfig, progress: Optional[bool] = None) -> dict:
-    """Run every case of `config`. The report: the run's description (machine, versions, copy bandwidth) under
-    "meta" and a list of rows per section measured.
+    """Run every case of `config`. The report: the run's description (machine, versions, copy bandwidth, the
+    sections that cannot run here) under "meta" and a list of rows per section measured.
 
     `progress`: show a progress bar (None: when stderr is a terminal)."""
     cases = plan(config)
@@ -248,4 +293,4 @@ def run(config: BenchConfig, progress: Optional[bool] = None) -> dict:
             # recompile limit (all naive modules share one forward code object).
             torch._dynamo.reset()
             results.setdefault(case.section, []).extend(case.measure(bandwidth, bar.update))
-    return {"meta": report.run_info(config, bandwidth), **results}
+    return {"meta": report.run_info(config, bandwidth, skipped_sections(config)), **results}

@@ -1,8 +1,8 @@
 """The implementations a benchmark compares, built by small functions so that new backends and paths plug in.
 
 A layer case runs every `Variant` that the functions in `LAYER_VARIANTS` build from one dense layer; a kernel
-case runs the steps that `combine_steps` / `scatter_steps` build. Roles name the baselines the ratios are
-taken against.
+case runs the steps that `combine_steps` / `scatter_steps` build, a fused-convolution case those of
+`conv_forward_steps`. Roles name the baselines the ratios are taken against.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..backends import use_backend
 from ..layers import MK_LAYERS
 
 DENSE, MK, NAIVE, COMPILED = "dense", "mk", "naive", "naive+compile"
+FUSED = "fused"  # the implicit-GEMM convolution with the mixing fused in
 
 
 @dataclass(frozen=True)
@@ -163,4 +164,21 @@ def scatter_steps(grad: Tensor, seed: Tensor, expansion: int, weight_dtype: torc
     kept = torch.empty((expansion, *grad.shape), device=grad.device, dtype=weight_dtype).exponential_()
     kept /= kept.sum(0, keepdim=True)
     steps.append(KernelStep(NAIVE, NAIVE, functools.partial(torch.mul, kept, grad.to(weight_dtype))))
+    return steps
+
+
+def conv_forward_steps(dense: nn.Conv2d, x: Tensor, weight: Tensor, seed: Tensor,
+                       options: BuildOptions) -> list[KernelStep]:
+    """The forward of one convolution on x: the dense layer; the MK path per backend (combine writes W_eff in the
+    compute dtype, then F.conv2d: cuDNN on a GPU); and the Triton implicit GEMM that mixes the copies `weight`
+    as it loads its weight tiles (W_eff never in memory)."""
+    from .. import triton_ops  # only where Triton is there
+
+    conv = dict(stride=dense.stride, padding=dense.padding, dilation=dense.dilation)
+    steps = [KernelStep(DENSE, DENSE, functools.partial(dense, x))]
+    steps += [KernelStep(f"mk[{backend}]", MK, functools.partial(_under_backend, backend, functional.majority_conv2d,
+                                                                 x, weight, dense.bias, **conv, seed=seed))
+              for backend in options.backends]
+    steps.append(KernelStep("fused[triton]", FUSED, functools.partial(
+        triton_ops.conv2d_fused_forward, x, weight, dense.bias, **conv, seed=seed)))
     return steps
