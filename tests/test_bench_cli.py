@@ -35,6 +35,19 @@ def test_report_describes_the_run(written):
     assert _positive(meta["copy_bandwidth_bytes_per_s"]) and meta["cpu_cores"] >= 1
 
 
+def test_report_names_the_allocator_settings(monkeypatch):
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    monkeypatch.setenv("MALLOC_ARENA", "ignored: not a glibc tunable's name")
+    assert bench.report.allocator_settings() == {"MALLOC_MMAP_MAX_": "0"}
+    monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")
+    assert bench.report.allocator_settings() == {"LD_PRELOAD": "libjemalloc.so.2", "MALLOC_MMAP_MAX_": "0"}
+
+
+def test_markdown_names_default_allocator(written):
+    assert "- allocator settings: " in written[1]
+
+
 @pytest.mark.parametrize("section", ["linear", "conv"])
 def test_layer_rows(written, section):
     rows = written[0][section]

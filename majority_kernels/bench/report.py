@@ -78,7 +78,19 @@ def run_info(config: BenchConfig, bandwidth: float, skipped: dict[str, str]) -> 
         "compile": config.compile,
         "copy_bandwidth_bytes_per_s": bandwidth,
         "skipped_sections": skipped,
+        "allocator_settings": allocator_settings(),
     }
+
+
+# Environment variables that change how the CPU allocator maps and returns large blocks (glibc's tunables, an
+# allocator preloaded in its place): on the CPU they move step times a lot (see README, "CPU memory allocator").
+_ALLOCATOR_VARIABLES = ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_CONF")
+
+
+def allocator_settings() -> dict[str, str]:
+    """The allocator settings of this process's environment, by variable."""
+    return {name: value for name, value in sorted(os.environ.items())
+            if name in _ALLOCATOR_VARIABLES or (name.startswith("MALLOC_") and name.endswith("_"))}
 
 
 Column = tuple[str, Callable[[dict], str]]
@@ -177,6 +189,8 @@ def _header(meta: dict) -> str:
         f"- {meta['repeats']} timed rounds after {meta['warmup']} warm-up rounds; torch.compile baseline: "
         f"{'yes' if meta['compile'] else 'no'}; date: {meta['date']}",
         f"- copy bandwidth: {meta['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (large copy_, read + write)",
+        "- allocator settings: " + (", ".join(f"{name}={value}" for name, value in
+                                             meta.get("allocator_settings", {}).items()) or "none (the defaults)"),
         *(f"- not run: {section}: {why}" for section, why in meta.get("skipped_sections", {}).items()),
     ])
 
