@@ -1,9 +1,7 @@
 """The compiled ops (`torch.ops.majority_kernels.*`): loading the extension, fake kernels, autograd formulas.
 
 The schemas and the device kernels live in C++ (csrc/ops.cpp, csrc/cpu). Here they get what torch.compile and
-autograd need. combine and scatter are each other's adjoint (combine sums P_k * x_k over k, scatter spreads
-P_k * g to every k), so each one's backward is the other with the same (seed, offset): P is regenerated,
-never stored, and double backward works too.
+autograd need (combine's and scatter's formulas: majority_kernels._mixing_autograd).
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ from typing import Optional
 import torch
 
 from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
+from ._mixing_autograd import mixing_autograd
 
 
 def _load_extension() -> Optional[str]:
@@ -56,31 +55,10 @@ def _register() -> None:
     def _mixing_weights_fake(seed, offset, expansion, numel):
         return seed.new_empty((expansion, numel), dtype=torch.float32)
 
-    def _combine_setup(ctx, inputs, output):
-        weight, seed, offset, _ = inputs
-        ctx.save_for_backward(seed)  # all the backward needs to regenerate P
-        remember_weight(ctx, weight)
-        ctx.offset, ctx.expansion, ctx.weight_dtype = offset, weight.shape[0], weight.dtype
-
-    def _combine_backward(ctx, grad):
-        (seed,) = ctx.saved_tensors
-        grad_weight = copies_gradient(
-            remembered_weight(ctx),
-            lambda target: torch.ops.majority_kernels.scatter_add_(target, grad, seed, ctx.offset),
-            lambda: torch.ops.majority_kernels.scatter(grad, seed, ctx.offset, ctx.expansion, ctx.weight_dtype))
-        return grad_weight, None, None, None
-
-    def _scatter_setup(ctx, inputs, output):
-        grad, seed, offset, _, _ = inputs
-        ctx.save_for_backward(seed)
-        ctx.offset, ctx.grad_dtype = offset, grad.dtype
-
-    def _scatter_backward(ctx, grad_copies):
-        (seed,) = ctx.saved_tensors
-        return torch.ops.majority_kernels.combine(grad_copies, seed, ctx.offset, ctx.grad_dtype), None, None, None, None
-
-    torch.library.register_autograd(f"{ns}::combine", _combine_backward, setup_context=_combine_setup)
-    torch.library.register_autograd(f"{ns}::scatter", _scatter_backward, setup_context=_scatter_setup)
+    ops = torch.ops.majority_kernels
+    formulas = mixing_autograd(ops.combine, ops.scatter, ops.scatter_add_)
+    for name, (backward, setup) in zip(("combine", "scatter"), formulas):
+        torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=setup)
 
 
 class _EmbeddingScatter(torch.autograd.Function):

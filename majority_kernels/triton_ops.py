@@ -38,6 +38,7 @@ from torch import Tensor
 
 from . import _validation as check
 from ._grad_accumulation import accumulated, accumulation_target, copies_gradient, remember_weight, remembered_weight
+from ._mixing_autograd import mixing_autograd
 from .triton_kernels import INTERPRETING
 from .triton_kernels import combine as combine_kernels
 from .triton_kernels import conv as conv_kernels
@@ -250,34 +251,10 @@ def _(x, weight, bias, seed, offset, stride, padding, dilation, groups):
 
 # ---- autograd ------------------------------------------------------------------------------------------------
 
-# The backwards that produce a weight's gradient remember the weight (majority_kernels._grad_accumulation, as the
-# C++ backends' do): modifying it in place before the backward raises autograd's usual error, and when a
-# .backward() accumulates, they add into its .grad in place instead of returning an expansion-sized temporary.
-
-def _combine_setup(ctx, inputs, output):
-    weight, seed, offset, _ = inputs
-    ctx.save_for_backward(seed)
-    remember_weight(ctx, weight)
-    ctx.offset, ctx.expansion, ctx.weight_dtype = offset, weight.shape[0], weight.dtype
-
-
-def _combine_backward(ctx, grad):
-    (seed,) = ctx.saved_tensors
-    grad_weight = copies_gradient(remembered_weight(ctx), lambda target: _scatter_add_(target, grad, seed, ctx.offset),
-                                  lambda: _scatter(grad, seed, ctx.offset, ctx.expansion, ctx.weight_dtype))
-    return grad_weight, None, None, None
-
-
-def _scatter_setup(ctx, inputs, output):
-    grad, seed, offset, _, _ = inputs
-    ctx.save_for_backward(seed)
-    ctx.offset, ctx.grad_dtype = offset, grad.dtype
-
-
-def _scatter_backward(ctx, grad_copies):
-    (seed,) = ctx.saved_tensors
-    return _combine(grad_copies, seed, ctx.offset, ctx.grad_dtype), None, None, None, None
-
+# combine's and scatter's formulas are shared with the C++ ops (majority_kernels._mixing_autograd). The other
+# backwards that produce a weight's gradient remember the weight as they do (majority_kernels._grad_accumulation):
+# modifying it in place before the backward raises autograd's usual error, and when a .backward() accumulates,
+# they add into its .grad in place instead of returning an expansion-sized temporary.
 
 def _embedding_combine_setup(ctx, inputs, output):
     weight, indices, seed, offset, _ = inputs
@@ -310,8 +287,8 @@ def _embedding_scatter_backward(ctx, grad_table):
             None, None, None, None, None, None)
 
 
-_combine.register_autograd(_combine_backward, setup_context=_combine_setup)
-_scatter.register_autograd(_scatter_backward, setup_context=_scatter_setup)
+for _mixing_op, (_backward, _setup) in zip((_combine, _scatter), mixing_autograd(_combine, _scatter, _scatter_add_)):
+    _mixing_op.register_autograd(_backward, setup_context=_setup)
 _embedding_combine.register_autograd(_embedding_combine_backward, setup_context=_embedding_combine_setup)
 _embedding_scatter.register_autograd(_embedding_scatter_backward, setup_context=_embedding_scatter_setup)
 

@@ -6,7 +6,7 @@ import torch
 import majority_kernels as mk
 from majority_kernels import ops
 
-from helpers import FAST_CPU_BACKENDS
+from helpers import FAST_CPU_BACKENDS, sgd_losses
 
 pytestmark = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="the C++ extension is not built (MK_BUILD_EXT=0)")
 
@@ -54,18 +54,6 @@ def test_gradcheck_majority_linear_and_conv():
         lambda x, w: mk.functional.majority_conv2d(x, w, None, 2, 1, (2, 1), 2, seed=5), (xc, wc))
 
 
-def _train_steps(model, x, steps=3):
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    losses = []
-    for _ in range(steps):
-        loss = model(x).square().mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
-    return torch.stack(losses)
-
-
 class _TwinProjections(torch.nn.Module):
     """Two same-shape MK layers on the same input (like attention's q and k): each must draw its own seed."""
 
@@ -94,9 +82,9 @@ def test_compile_fullgraph_training_matches_eager(backend):
         eager_model, compiled_model = make(), make()
         compiled = torch.compile(compiled_model, fullgraph=True)
         torch.manual_seed(1)
-        eager = _train_steps(eager_model, x)
+        eager = sgd_losses(eager_model, x, steps=3)
         torch.manual_seed(1)
-        traced = _train_steps(compiled, x)
+        traced = sgd_losses(compiled, x, steps=3)
     torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-6)
     for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

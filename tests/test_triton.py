@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import majority_kernels as mk
 from majority_kernels import backends, reference
 
-from helpers import EXPANSIONS, TOLERANCES, assert_gemm_matches_reference, assert_matches_reference, random_seed
+from helpers import (EXPANSIONS, TOLERANCES, assert_gemm_matches_reference, assert_matches_reference, random_seed,
+                     sgd_losses)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _REASON = backends.BACKENDS["triton"].unavailable(DEVICE)
@@ -474,18 +475,6 @@ def test_unavailable_explains(monkeypatch):
 
 # ---- through the layers and torch.compile --------------------------------------------------------------------
 
-def _train_steps(model, x, steps=2):
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    losses = []
-    for _ in range(steps):
-        loss = model(x).square().mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
-    return torch.stack(losses)
-
-
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(mk.MKLinear(8, 16, expansion=3), torch.nn.ReLU(),
@@ -501,7 +490,7 @@ def test_layers_train_like_reference_backend(forward):
         model = _model()
         torch.manual_seed(2)
         with mk.use_backend(backend), triton_ops.force_paths(forward):
-            results[backend] = (_train_steps(model, x), [p.detach().clone() for p in model.parameters()])
+            results[backend] = (sgd_losses(model, x, steps=2), [p.detach().clone() for p in model.parameters()])
     torch.testing.assert_close(results["triton"][0], results["reference"][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(results["triton"][1], results["reference"][1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -515,9 +504,9 @@ def test_compile_fullgraph_matches_eager(forward):
     compiled = torch.compile(compiled_model, fullgraph=True)
     with _triton(), triton_ops.force_paths(forward):
         torch.manual_seed(3)
-        eager = _train_steps(eager_model, x)
+        eager = sgd_losses(eager_model, x, steps=2)
         torch.manual_seed(3)
-        traced = _train_steps(compiled, x)
+        traced = sgd_losses(compiled, x, steps=2)
     torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-6)
     for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .mixing import cast_to, mix
-from .tiling import configs, dot, dot_options, grouped_tile, shared_bytes, shared_memory_limit, size_bucket
+from .tiling import configs, deepest_fitting, dot, dot_options, grouped_tile, size_bucket
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -32,17 +32,7 @@ _INTERPRETER = (16, 32, 32, 2, 4, 1)
 
 def _fitting(configs_: list, named_args: dict, **kwargs) -> list:
     """Per tile shape, the configuration with the most stages that fit in shared memory (one stage always)."""
-    weight, x = named_args["weight_ptr"], named_args["x_ptr"]
-    limit = shared_memory_limit(weight.device)
-    chosen: dict = {}
-    for config in configs_:
-        kw = config.kwargs
-        tile = (kw["BLOCK_M"], kw["BLOCK_P"], kw["BLOCK_Q"])
-        fits = shared_bytes(config, kwargs["EXPANSION"], weight.element_size(), x.element_size()) <= limit
-        best = chosen.get(tile)
-        if (fits or config.num_stages == 1) and (best is None or config.num_stages > best.num_stages):
-            chosen[tile] = config
-    return list(chosen.values())
+    return deepest_fitting(configs_, kwargs["EXPANSION"], named_args["weight_ptr"], named_args["x_ptr"])
 
 
 @triton.autotune(configs=configs(("BLOCK_M", "BLOCK_P", "BLOCK_Q", "GROUP_M"), _GPU, _INTERPRETER),

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .mixing import cast_to, mix
-from .tiling import configs, dot, dot_options, grouped_tile, shared_bytes, shared_memory_limit, size_bucket
+from .tiling import configs, deepest_fitting, dot, dot_options, grouped_tile, size_bucket
 
 # (BLOCK_M, BLOCK_P, BLOCK_Q, GROUP_M, num_warps, num_stages). The mixed weight tile is built in registers: at
 # more than 16 of its elements per thread the draws spill (checked with sm_90 builds), hence the (BLOCK_P, BLOCK_Q,
@@ -28,18 +28,8 @@ _INTERPRETER = (16, 32, 32, 2, 4, 1)
 def _fitting(configs_: list, named_args: dict, **kwargs) -> list:
     """Per tile shape: the row tile of M's size bucket (16 to 128), with the most stages that fit."""
     rows = min(max(16, named_args["M_BUCKET"]), 128)
-    weight, a = named_args["weight_ptr"], named_args["a_ptr"]
-    limit = shared_memory_limit(weight.device)
-    chosen: dict = {}
-    for config in configs_:
-        kw = config.kwargs
-        if kw["BLOCK_M"] != rows:
-            continue
-        fits = shared_bytes(config, kwargs["EXPANSION"], weight.element_size(), a.element_size()) <= limit
-        best = chosen.get((kw["BLOCK_P"], kw["BLOCK_Q"]))
-        if (fits or config.num_stages == 1) and (best is None or config.num_stages > best.num_stages):
-            chosen[(kw["BLOCK_P"], kw["BLOCK_Q"])] = config
-    return list(chosen.values())
+    return deepest_fitting([config for config in configs_ if config.kwargs["BLOCK_M"] == rows],
+                           kwargs["EXPANSION"], named_args["weight_ptr"], named_args["a_ptr"])
 
 
 @triton.autotune(configs=configs(("BLOCK_M", "BLOCK_P", "BLOCK_Q", "GROUP_M"), _GPU, _INTERPRETER),

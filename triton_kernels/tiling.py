@@ -1,5 +1,5 @@
-"""What the GEMM kernels share: grouped program ordering, autotuning configurations, tl.dot operand types, the
-shared-memory estimate of the GEMMs that mix their weight tiles."""
+"""What the GEMM kernels share: grouped program ordering, autotuning configurations, tl.dot operand types, and
+for the GEMMs that mix their weight tiles the shared-memory estimate and the pruning of configurations by it."""
 
 import functools
 from typing import Sequence
@@ -68,3 +68,19 @@ def shared_memory_limit(device: torch.device) -> int:
     """Shared memory one program may use on `device`."""
     # ROCm's properties lack the field: its 64 KiB of LDS.
     return getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 65536)
+
+
+def deepest_fitting(configs_: list, expansion: int, weight: torch.Tensor, a: torch.Tensor) -> list:
+    """Per tile shape (BLOCK_M, BLOCK_P, BLOCK_Q), the configuration with the most stages whose buffers fit in
+    shared memory (one stage always does), for a GEMM that mixes the `expansion` copies `weight` as it loads them
+    against the operand `a`."""
+    limit = shared_memory_limit(weight.device)
+    chosen: dict = {}
+    for config in configs_:
+        kw = config.kwargs
+        tile = (kw["BLOCK_M"], kw["BLOCK_P"], kw["BLOCK_Q"])
+        fits = shared_bytes(config, expansion, weight.element_size(), a.element_size()) <= limit
+        best = chosen.get(tile)
+        if (fits or config.num_stages == 1) and (best is None or config.num_stages > best.num_stages):
+            chosen[tile] = config
+    return list(chosen.values())
