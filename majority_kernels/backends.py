@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -17,7 +16,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import Tensor
 
-from . import ops, reference
+from . import _environment, ops, reference
 
 AUTO = "auto"
 
@@ -73,11 +72,12 @@ def _compiled_backend(name: str, unavailable: Callable[[torch.device], Optional[
 
 
 def _load(module: str) -> tuple[Optional[object], Optional[str]]:
-    """Imports majority_kernels.<module>: (the module, None), or (None, why it cannot be imported)."""
+    """Imports majority_kernels.<module>: (the module, None), or (None, why it cannot be imported). Any error
+    counts: a Triton that is installed but too old or broken must cost its backend only, not the package."""
     try:
         return importlib.import_module(f"{__package__}.{module}"), None
-    except ImportError as error:
-        return None, f"{module} cannot be imported ({error})"
+    except Exception as error:
+        return None, f"{module} cannot be imported ({type(error).__name__}: {error})"
 
 
 def _cuda_unavailable(device: torch.device) -> Optional[str]:
@@ -132,7 +132,7 @@ def requested() -> str:
     """The backend name in force: the innermost `use_backend`, else MK_BACKEND, else "auto"."""
     if _active:
         return _active[-1]
-    return _check_name(os.environ.get("MK_BACKEND", AUTO).strip().lower() or AUTO)
+    return _check_name(_environment.read("MK_BACKEND") or AUTO)
 
 
 @contextlib.contextmanager

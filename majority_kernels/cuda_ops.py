@@ -10,14 +10,13 @@ W_eff combined again from the same (seed, offset), dX = dY W_eff, dW_eff = dY^T 
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import ops
+from . import _environment, ops
 from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
 
 # Input rows up to which the fused forward runs. PROVISIONAL: the kernel's design point (the decode / small-batch
@@ -40,7 +39,7 @@ def fused_supports(weight_dtype: torch.dtype, input_dtype: torch.dtype) -> bool:
 
 def linear_path(rows: int, weight_dtype: torch.dtype, input_dtype: torch.dtype) -> str:
     """"fused" or "combine": the path for `rows` input rows, unless MK_LINEAR_PATH forces one."""
-    forced = os.environ.get(PATH_VARIABLE, "auto").strip().lower() or "auto"
+    forced = _environment.read(PATH_VARIABLE) or "auto"
     if forced not in PATHS:
         raise ValueError(f"{PATH_VARIABLE} must be one of {PATHS}, got {forced!r}")
     if forced == "fused" and not fused_supports(weight_dtype, input_dtype):

@@ -26,16 +26,14 @@ the alternative, an implicit-GEMM convolution with the mixing fused into its wei
 benchmark that decides whether it is worth finishing.
 """
 
-from __future__ import annotations
-
 import contextlib
 import math
-import os
 from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from . import _environment
 from . import _validation as check
 from ._grad_accumulation import accumulated, accumulation_target, copies_gradient, remember_weight, remembered_weight
 from ._mixing_autograd import mixing_autograd
@@ -45,6 +43,7 @@ from .triton_kernels import conv as conv_kernels
 from .triton_kernels import embedding as embedding_kernels
 from .triton_kernels import linear as linear_kernels
 from .triton_kernels import scatter as scatter_kernels
+from .triton_kernels import tiling
 from .triton_kernels import weight_grad as weight_grad_kernels
 
 NAMESPACE = "majority_kernels_triton"
@@ -233,8 +232,8 @@ def _(grad_weight, grad_out, input, seed, offset):
 
 
 @_op("mixed_conv2d")
-def _mixed_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int, stride: list[int],
-                  padding: list[int], dilation: list[int], groups: int) -> Tensor:
+def _mixed_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int,
+                  stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int) -> Tensor:
     """F.conv2d(x, W_eff, bias, stride, padding, dilation) for NCHW x and weight [e, C_out, C_in, KH, KW]
     (groups = 1 only), in x's dtype, W_eff built inside an implicit-GEMM convolution. Forward only, with no
     autograd formula: a prototype to benchmark against combine + cuDNN (`majority-kernels bench --only
@@ -345,7 +344,7 @@ def _linear_weight_grad(ctx, grad_out: Tensor, x: Tensor, seed: Tensor) -> Tenso
 # ---- path choice ---------------------------------------------------------------------------------------------
 
 def _env_path(variable: str, choices: tuple[str, ...]) -> Optional[str]:
-    value = os.environ.get(variable, "").strip().lower()
+    value = _environment.read(variable)
     if not value:
         return None
     if value not in choices:
@@ -367,13 +366,18 @@ def force_paths(forward: Optional[str] = None, wgrad: Optional[str] = None) -> I
         _forced.pop()
 
 
-def linear_paths(m: int) -> tuple[str, str]:
-    """(forward path, dW path) for an input of m rows: force_paths, else MK_LINEAR_PATH / MK_WGRAD_PATH, else
-    the M thresholds."""
+def linear_paths(m: int, dtype: torch.dtype) -> tuple[str, str]:
+    """(forward path, dW path) for an input of m rows in the compute dtype: force_paths, else MK_LINEAR_PATH /
+    MK_WGRAD_PATH, else the M thresholds; never a fused path that the installed Triton cannot build for dtype
+    (forcing one raises)."""
     forward, wgrad = _forced[-1] if _forced else (None, None)
-    forward = forward or _env_path("MK_LINEAR_PATH", FORWARD_PATHS) or (
-        "fused" if m <= FUSED_FORWARD_MAX_M else "combine")
-    wgrad = wgrad or _env_path("MK_WGRAD_PATH", WGRAD_PATHS) or ("fused" if m <= FUSED_WGRAD_MAX_M else "scatter")
+    forward = forward or _env_path("MK_LINEAR_PATH", FORWARD_PATHS)
+    wgrad = wgrad or _env_path("MK_WGRAD_PATH", WGRAD_PATHS)
+    if "fused" in (forward, wgrad):
+        tiling.check_dot_dtype(dtype)
+    fusable = dtype != torch.float64 or tiling.FLOAT64_DOT
+    forward = forward or ("fused" if fusable and m <= FUSED_FORWARD_MAX_M else "combine")
+    wgrad = wgrad or ("fused" if fusable and m <= FUSED_WGRAD_MAX_M else "scatter")
     return forward, wgrad
 
 
@@ -442,7 +446,7 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, 
     _check_dtype(out_dtype, "the compute dtype")
     _check_seed(seed, weight.device)
     x = input.to(out_dtype).reshape(math.prod(input.shape[:-1]), input.shape[-1])
-    forward, wgrad = linear_paths(x.shape[0])
+    forward, wgrad = linear_paths(x.shape[0], out_dtype)
     out = _MixedLinear.apply(x, weight, None if bias is None else bias.to(out_dtype), seed, offset,
                              forward == "fused", wgrad == "fused")
     return out.view(*input.shape[:-1], weight.shape[1])

@@ -1,15 +1,29 @@
 """Shared helpers of the test suite."""
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import majority_kernels as mk
+from majority_kernels import backends
 
 # The backends that run on CPU tensors in this install; "reference" always, "cpu" when the extension is built.
 CPU_BACKENDS = mk.available_backends("cpu")
 FAST_CPU_BACKENDS = [name for name in CPU_BACKENDS if name != "reference"]
 
 EXPANSIONS = [1, 2, 3, 4, 5, 8]
+
+
+def _triton_float64_dot() -> bool:
+    if backends.TRITON_ERROR is not None:
+        return False
+    from majority_kernels.triton_kernels import tiling
+    return tiling.FLOAT64_DOT
+
+
+# For the Triton GEMM kernels' float64 cases: tl.dot multiplies float64 tiles from Triton 3.5 on.
+needs_float64_dot = pytest.mark.skipif(not _triton_float64_dot(), reason="this Triton's tl.dot has no float64 "
+                                       "(Triton 3.5+); the kernels' error for it is tested")
 
 # Tolerances against the float64 reference, by the dtype of the compared output.
 TOLERANCES = {

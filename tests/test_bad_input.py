@@ -1,6 +1,7 @@
 """Bad arguments give clear errors (the right exception type and a message naming the argument); a few inputs that
 look odd but are valid (autocast, non-contiguous weights, models without MK layers) work."""
 
+import importlib.util
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from torch import nn
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 import majority_kernels as mk
-from majority_kernels import reference
+from majority_kernels import backends, reference
 
 BAD_EXPANSIONS = [(0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError), ("4", TypeError),
                   (None, TypeError)]
@@ -317,6 +318,13 @@ def test_backend_that_cannot_run_here_raises():
     with mk.use_backend("cpu"):
         with pytest.raises(RuntimeError, match="cpu"):
             mk.functional.combine(torch.randn(2, 3, device="meta"), 1)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_installed_triton_loads_as_a_backend():
+    # Guards the Triton tier: its test modules skip themselves when the backend cannot load, so a Triton release
+    # the kernels no longer import under would otherwise pass CI with that whole tier skipped.
+    assert backends.TRITON_ERROR is None
 
 
 def test_unavailable_gpu_backend_is_an_error():

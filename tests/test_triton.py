@@ -18,8 +18,8 @@ import torch.nn.functional as F
 import majority_kernels as mk
 from majority_kernels import backends, reference
 
-from helpers import (EXPANSIONS, TOLERANCES, assert_gemm_matches_reference, assert_matches_reference, random_seed,
-                     sgd_losses)
+from helpers import (EXPANSIONS, TOLERANCES, assert_gemm_matches_reference, assert_matches_reference,
+                     needs_float64_dot, random_seed, sgd_losses)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _REASON = backends.BACKENDS["triton"].unavailable(DEVICE)
@@ -30,7 +30,7 @@ if _REASON is None:
     import triton.language as tl
 
     from majority_kernels import triton_ops
-    from majority_kernels.triton_kernels import mixing
+    from majority_kernels.triton_kernels import mixing, tiling
 
     OPS = torch.ops.majority_kernels_triton
 
@@ -249,7 +249,7 @@ def test_gradcheck_combine_scatter_embedding(expansion, generator):
                                         fast_mode=True)
 
 
-@pytest.mark.parametrize("paths", [("fused", "fused"), ("combine", "scatter")])
+@pytest.mark.parametrize("paths", [pytest.param(("fused", "fused"), marks=needs_float64_dot), ("combine", "scatter")])
 def test_gradcheck_majority_linear(paths, generator):
     x = _randn(3, 5, generator=generator, dtype=torch.float64).requires_grad_()
     w = _randn(4, 2, 5, generator=generator, dtype=torch.float64).requires_grad_()
@@ -394,19 +394,40 @@ def test_combine_and_embedding_gradients_accumulate_into_grad(generator):
 def test_path_choice(monkeypatch):
     monkeypatch.delenv("MK_LINEAR_PATH", raising=False)
     monkeypatch.delenv("MK_WGRAD_PATH", raising=False)
-    assert triton_ops.linear_paths(triton_ops.FUSED_FORWARD_MAX_M) == ("fused", "fused")
-    assert triton_ops.linear_paths(triton_ops.FUSED_WGRAD_MAX_M + 1) == ("combine", "scatter")
+    f32 = torch.float32
+    assert triton_ops.linear_paths(triton_ops.FUSED_FORWARD_MAX_M, f32) == ("fused", "fused")
+    assert triton_ops.linear_paths(triton_ops.FUSED_WGRAD_MAX_M + 1, f32) == ("combine", "scatter")
     monkeypatch.setenv("MK_LINEAR_PATH", "combine")
     monkeypatch.setenv("MK_WGRAD_PATH", " Scatter ")
-    assert triton_ops.linear_paths(1) == ("combine", "scatter")
+    assert triton_ops.linear_paths(1, f32) == ("combine", "scatter")
     with triton_ops.force_paths("fused"):
-        assert triton_ops.linear_paths(1) == ("fused", "scatter")
+        assert triton_ops.linear_paths(1, f32) == ("fused", "scatter")
     monkeypatch.setenv("MK_LINEAR_PATH", "cublas")
     with pytest.raises(ValueError, match="MK_LINEAR_PATH must be one of fused, combine"):
-        triton_ops.linear_paths(1)
+        triton_ops.linear_paths(1, f32)
     with pytest.raises(ValueError, match="wgrad path must be one of"):
         with triton_ops.force_paths(wgrad="epilogue"):
             pass
+
+
+def test_float64_without_float64_dot_takes_the_combine_paths(monkeypatch, generator):
+    # Triton < 3.5: tl.dot has no float64, so float64 layers take combine + scatter, and forcing a fused path or
+    # calling a GEMM kernel with float64 raises a ValueError that says so.
+    monkeypatch.delenv("MK_LINEAR_PATH", raising=False)
+    monkeypatch.delenv("MK_WGRAD_PATH", raising=False)
+    monkeypatch.setattr(tiling, "FLOAT64_DOT", False)
+    assert triton_ops.linear_paths(1, torch.float64) == ("combine", "scatter")
+    assert triton_ops.linear_paths(1, torch.float32) == ("fused", "fused")
+    x = _randn(3, 5, generator=generator, dtype=torch.float64)
+    w = _randn(2, 4, 5, generator=generator, dtype=torch.float64)
+    with _triton():
+        out = mk.functional.majority_linear(x, w, seed=7)
+    assert_matches_reference(out.cpu(), F.linear(_cpu64(x), reference.combine(_cpu64(w), 7, 0)))
+    for forward, wgrad in (("fused", None), (None, "fused")):
+        with _triton(), triton_ops.force_paths(forward, wgrad), pytest.raises(ValueError, match="float64 tiles"):
+            mk.functional.majority_linear(x, w, seed=7)
+    with pytest.raises(ValueError, match="float64 tiles"):
+        OPS.mixed_matmul(x, w, None, _seed(7), 0, False)
 
 
 # ---- embeddings ----------------------------------------------------------------------------------------------
@@ -554,18 +575,22 @@ def test_bench_crossover_sweep():
 # ---- GPU builds without a GPU --------------------------------------------------------------------------------
 
 _COMPILE_FOR_SM90 = textwrap.dedent("""
+    import inspect
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from majority_kernels.triton_kernels import combine, conv, embedding, linear, scatter, weight_grad
+    from triton.compiler import ASTSource, compiler
+    from majority_kernels.triton_kernels import combine, conv, embedding, linear, scatter, tiling, weight_grad
 
     def build(kernel, signature, constants, num_warps=4):
         fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
-        signature = {**signature, **{name: "constexpr" for name in constants}}
-        aligned = {(fn.arg_names.index(name),): [["tt.divisibility", 16]]
-                   for name, kind in signature.items() if kind.startswith("*")}
-        triton.compile(ASTSource(fn, signature, constants, aligned), target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": num_warps})
+        pointers = [fn.arg_names.index(name) for name, kind in signature.items() if kind.startswith("*")]
+        if "constexprs" in inspect.signature(ASTSource).parameters:
+            source = ASTSource(fn, {**signature, **dict.fromkeys(constants, "constexpr")}, constants,
+                               {(index,): [["tt.divisibility", 16]] for index in pointers})
+        else:  # Triton 3.0's form: arguments by position, alignment in an AttrsDescriptor
+            source = ASTSource(fn, {fn.arg_names.index(name): kind for name, kind in signature.items()}, constants,
+                               compiler.AttrsDescriptor(divisible_by_16=set(pointers)))
+        triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
     elementwise = {"seed_ptr": "*i64", "offset": "i64", "numel": "i32"}
     build(combine.combine_kernel, {"weight_ptr": "*fp32", "out_ptr": "*bf16", **elementwise},
@@ -578,25 +603,32 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
           {"EXPANSION": 4, "MATH64": False, "BLOCK_LOOKUPS": 8, "BLOCK_COLUMNS": 128})
     build(embedding.gather_kernel, {"weight_ptr": "*fp64", "out_ptr": "*bf16", **lookups},
           {"EXPANSION": 2, "MATH64": True, "BLOCK_LOOKUPS": 8, "BLOCK_COLUMNS": 128})
-    build(linear.mixed_matmul_kernel, {
-        "a_ptr": "*bf16", "weight_ptr": "*fp32", "bias_ptr": "*bf16", "c_ptr": "*bf16", "seed_ptr": "*i64",
-        "offset": "i64",
-        **dict.fromkeys(["M", "P", "Q", "stride_am", "stride_aq", "stride_cm", "stride_cp", "stride_wq",
-                         "stride_wp", "copy_stride", "M_BUCKET"], "i32")},
-        {"EXPANSION": 4, "HAS_BIAS": True, "MATH64": False, "UPCAST_16BIT": False, "INPUT_PRECISION": "ieee",
-         "BLOCK_M": 16, "BLOCK_P": 64, "BLOCK_Q": 32, "GROUP_M": 8})
-    build(weight_grad.weight_grad_kernel, {
-        "grad_ptr": "*bf16", "x_ptr": "*bf16", "out_ptr": "*fp32", "seed_ptr": "*i64", "offset": "i64",
-        **dict.fromkeys(["M", "N", "K", "stride_gm", "stride_gn", "stride_xm", "stride_xk", "M_BUCKET"], "i32")},
-        {"EXPANSION": 5, "MATH64": False, "MODE": 0, "UPCAST_16BIT": False, "INPUT_PRECISION": "ieee",
-         "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_M": 32, "GROUP_N": 8}, num_warps=8)
-    build(conv.mixed_conv2d_kernel, {
-        "x_ptr": "*bf16", "weight_ptr": "*fp32", "bias_ptr": "*bf16", "out_ptr": "*bf16", "seed_ptr": "*i64",
-        "offset": "i64",
-        **dict.fromkeys(["C_in", "H", "W", "C_out", "H_out", "W_out", "stride_h", "stride_w", "pad_h", "pad_w",
-                         "dilation_h", "dilation_w", "M", "M_BUCKET"], "i32")},
-        {"KH": 3, "KW": 3, "EXPANSION": 4, "HAS_BIAS": True, "MATH64": False, "UPCAST_16BIT": False,
-         "INPUT_PRECISION": "ieee", "BLOCK_M": 128, "BLOCK_P": 64, "BLOCK_Q": 32, "GROUP_M": 8}, num_warps=8)
+    # The GEMMs per (activation, weight) dtype pair they serve: autocast bf16 over float32 weights, float32 with
+    # TF32, and float64 (tl.dot with a float64 accumulator) where this Triton has it.
+    cases = [("bf16", "fp32", False, "ieee"), ("fp32", "fp32", False, "tf32")]
+    for act, weight, math64, precision in cases + [("fp64", "fp64", True, "ieee")] * tiling.FLOAT64_DOT:
+        build(linear.mixed_matmul_kernel, {
+            "a_ptr": f"*{act}", "weight_ptr": f"*{weight}", "bias_ptr": f"*{act}", "c_ptr": f"*{act}",
+            "seed_ptr": "*i64", "offset": "i64",
+            **dict.fromkeys(["M", "P", "Q", "stride_am", "stride_aq", "stride_cm", "stride_cp", "stride_wq",
+                             "stride_wp", "copy_stride", "M_BUCKET"], "i32")},
+            {"EXPANSION": 4, "HAS_BIAS": True, "MATH64": math64, "UPCAST_16BIT": False,
+             "INPUT_PRECISION": precision, "BLOCK_M": 16, "BLOCK_P": 64, "BLOCK_Q": 32, "GROUP_M": 8})
+        build(weight_grad.weight_grad_kernel, {
+            "grad_ptr": f"*{act}", "x_ptr": f"*{act}", "out_ptr": f"*{weight}", "seed_ptr": "*i64",
+            "offset": "i64",
+            **dict.fromkeys(["M", "N", "K", "stride_gm", "stride_gn", "stride_xm", "stride_xk", "M_BUCKET"],
+                            "i32")},
+            {"EXPANSION": 5, "MATH64": math64, "MODE": 0, "UPCAST_16BIT": False, "INPUT_PRECISION": precision,
+             "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_M": 32, "GROUP_N": 8}, num_warps=8)
+        build(conv.mixed_conv2d_kernel, {
+            "x_ptr": f"*{act}", "weight_ptr": f"*{weight}", "bias_ptr": f"*{act}", "out_ptr": f"*{act}",
+            "seed_ptr": "*i64", "offset": "i64",
+            **dict.fromkeys(["C_in", "H", "W", "C_out", "H_out", "W_out", "stride_h", "stride_w", "pad_h",
+                             "pad_w", "dilation_h", "dilation_w", "M", "M_BUCKET"], "i32")},
+            {"KH": 3, "KW": 3, "EXPANSION": 4, "HAS_BIAS": True, "MATH64": math64, "UPCAST_16BIT": False,
+             "INPUT_PRECISION": precision, "BLOCK_M": 128, "BLOCK_P": 64, "BLOCK_Q": 32, "GROUP_M": 8},
+            num_warps=8)
     print("built")
 """)
 

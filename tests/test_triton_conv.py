@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import majority_kernels as mk
 from majority_kernels import backends, reference
 
-from helpers import EXPANSIONS, TOLERANCES, assert_gemm_matches_reference, random_seed
+from helpers import EXPANSIONS, TOLERANCES, assert_gemm_matches_reference, needs_float64_dot, random_seed
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _REASON = backends.BACKENDS["triton"].unavailable(DEVICE)
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"backend 'triton' c
 
 if _REASON is None:
     from majority_kernels import triton_ops
-    from majority_kernels.triton_kernels import conv
+    from majority_kernels.triton_kernels import conv, tiling
 
     OPS = torch.ops.majority_kernels_triton
 
@@ -79,12 +79,20 @@ def test_every_expansion(expansion, generator):
     assert_gemm_matches_reference(out.cpu(), _reference(x, weight, b, seed, 5, *shape[6:]))
 
 
+@needs_float64_dot
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3]])
 def test_float64(shape, generator):
     x, weight, b = _case(shape, 5, generator, dtype=torch.float64)
     seed = random_seed(generator)
     out = conv.mixed_conv2d(x, weight, b, _seed(seed), 9, *shape[6:])
     torch.testing.assert_close(out.cpu(), _reference(x, weight, b, seed, 9, *shape[6:]), **TOLERANCES[torch.float64])
+
+
+def test_float64_without_float64_dot_is_refused(monkeypatch, generator):
+    monkeypatch.setattr(tiling, "FLOAT64_DOT", False)  # Triton < 3.5
+    x, weight, b = _case(SHAPES[1], 2, generator, dtype=torch.float64)
+    with pytest.raises(ValueError, match="float64 tiles"):
+        conv.mixed_conv2d(x, weight, b, _seed(1), 0, *SHAPES[1][6:])
 
 
 def test_equals_combine_then_conv(generator):

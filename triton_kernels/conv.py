@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .mixing import cast_to, mix
-from .tiling import configs, deepest_fitting, dot, dot_options, grouped_tile, size_bucket
+from .tiling import check_dot_dtype, configs, deepest_fitting, dot, dot_options, grouped_tile, size_bucket
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -136,6 +136,7 @@ def mixed_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     [e, C_out, C_in, KH, KW], W_eff mixed inside the GEMM (P of (seed, offset), DESIGN.md section 4) and rounded
     to x's dtype; the output [B, C_out, H_out, W_out] in x's dtype. Inputs that are not contiguous are copied."""
     _check(x, weight, bias, seed, groups)
+    check_dot_dtype(x.dtype)
     (stride_h, stride_w), (pad_h, pad_w) = pair(stride, "stride", 1), pair(padding, "padding", 0)
     dilation_h, dilation_w = pair(dilation, "dilation", 1)
     batch, c_in, height, width = x.shape

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .mixing import cast_to, mix
-from .tiling import configs, deepest_fitting, dot, dot_options, grouped_tile, size_bucket
+from .tiling import check_dot_dtype, configs, deepest_fitting, dot, dot_options, grouped_tile, size_bucket
 
 # (BLOCK_M, BLOCK_P, BLOCK_Q, GROUP_M, num_warps, num_stages). The mixed weight tile is built in registers: at
 # more than 16 of its elements per thread the draws spill (checked with sm_90 builds), hence the (BLOCK_P, BLOCK_Q,
@@ -69,6 +69,7 @@ def mixed_matmul(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
                  offset: int, transposed: bool, out: torch.Tensor) -> None:
     """out = a @ W_eff^T + bias (transposed=False; a [M, K], out [M, N]) or a @ W_eff (transposed=True; a [M, N],
     out [M, K]) for the contiguous weight [e, N, K]; a, bias and out in the compute dtype."""
+    check_dot_dtype(a.dtype)
     _, n, k = weight.shape
     m, p = out.shape
     q = a.shape[1]

@@ -1,10 +1,11 @@
 """The mixing weights of DESIGN.md section 4 in Triton: the only copy of the RNG math on this backend.
 
 For flat element index i (int64) and copy k of `EXPANSION` copies, with GROUPS = ceil(EXPANSION / 4):
-counter c = offset + i * GROUPS + k // 4 (int64, wrapping), u = word k % 4 of tl.rand4x(seed, c) (Philox4x32-10
-keyed by the 64-bit seed, Triton's uint_to_uniform_float), g = -log(1 - u), P = g / sum g (1 / EXPANSION where
-the sum is 0). Float32 math; float64 (`MATH64`) where a kernel reads or writes float64, so that float64 results
-match the float64 reference (and the CPU backend) to float64 rounding.
+counter c = offset + i * GROUPS + k // 4 (int64, wrapping), u = word k % 4 of Philox4x32-10 keyed by the 64-bit
+seed on the counter words (c mod 2^32, c >> 32, 0, 0) through Triton's uint_to_uniform_float (what tl.rand4x(seed,
+c) gives from Triton 3.4 on), g = -log(1 - u), P = g / sum g (1 / EXPANSION where the sum is 0). Float32 math;
+float64 (`MATH64`) where a kernel reads or writes float64, so that float64 results match the float64 reference (and
+the CPU backend) to float64 rounding.
 
 Two ways to apply P, both single-pass over the Philox calls: no draw is computed twice, since on large GPUs the
 draws rather than the memory traffic may well bound these kernels (sm_90 builds of combine and scatter run about
@@ -28,11 +29,6 @@ from . import INTERPRETING
 STORE: tl.constexpr = tl.constexpr(0)
 ADD: tl.constexpr = tl.constexpr(1)
 ATOMIC_ADD: tl.constexpr = tl.constexpr(2)
-
-
-@triton.constexpr_function
-def math_dtype(math64):
-    return tl.float64 if math64 else tl.float32
 
 
 @triton.jit
@@ -76,13 +72,21 @@ def uniforms(seed, offset, index, group, EXPANSION: tl.constexpr):
     """The four uniforms of copies 4 * group .. 4 * group + 3 at the flat element indices `index` (int64);
     `group` is an int or a tensor broadcasting against index."""
     GROUPS: tl.constexpr = (EXPANSION + 3) // 4
-    return tl.rand4x(seed, offset + index * GROUPS + group)
+    counter = offset + index * GROUPS + group
+    # The 64-bit counter's two halves go to Philox's first two words by hand: tl.randint4x does that only from
+    # Triton 3.4 on (before, it ran a 64-bit-word Philox on int64 offsets: another stream).
+    low = counter.to(tl.uint32)
+    high = (counter >> 32).to(tl.uint32)
+    zero = low * 0
+    w0, w1, w2, w3 = tl.philox(seed, low, high, zero, zero)
+    return (tl.uint_to_uniform_float(w0), tl.uint_to_uniform_float(w1), tl.uint_to_uniform_float(w2),
+            tl.uint_to_uniform_float(w3))
 
 
 @triton.jit
 def _mix_copy(weighted, total, plain, u, copy_ptr, mask, MATH64: tl.constexpr):
     g = exponential(u, MATH64)
-    w = tl.load(copy_ptr, mask=mask, other=0.0).to(math_dtype(MATH64))
+    w = tl.load(copy_ptr, mask=mask, other=0.0).to(total.dtype)
     return weighted + g * w, total + g, plain + w
 
 
@@ -92,9 +96,10 @@ def mix(weight_ptr, copy_stride, offsets, mask, seed, offset, index, EXPANSION: 
     """sum_k P_k * weight_ptr[k * copy_stride + offsets] (masked loads), P_k at the flat indices `index`; in
     float32 (float64 if MATH64). offsets and index have the same shape; copy_stride is an int64 scalar."""
     GROUPS: tl.constexpr = (EXPANSION + 3) // 4
-    weighted = tl.zeros(index.shape, math_dtype(MATH64))
-    total = tl.zeros(index.shape, math_dtype(MATH64))
-    plain = tl.zeros(index.shape, math_dtype(MATH64))  # sum_k w_k, for the uniform P of a zero sum
+    MATH_DTYPE: tl.constexpr = tl.float64 if MATH64 else tl.float32
+    weighted = tl.zeros(index.shape, MATH_DTYPE)
+    total = tl.zeros(index.shape, MATH_DTYPE)
+    plain = tl.zeros(index.shape, MATH_DTYPE)  # sum_k w_k, for the uniform P of a zero sum
     for group in tl.static_range(GROUPS):
         u0, u1, u2, u3 = uniforms(seed, offset, index, group, EXPANSION)
         copy_ptr = weight_ptr + (4 * group) * copy_stride + offsets
@@ -165,7 +170,7 @@ def spread(out_ptr, copy_stride, offsets, mask, value, seed, offset, index, EXPA
     g2 = _group_word(u2, first + 2, EXPANSION, MATH64)
     g3 = _group_word(u3, first + 3, EXPANSION, MATH64)
     total = tl.expand_dims(tl.sum(g0 + g1 + g2 + g3, axis=0), 0)
-    value = value.to(math_dtype(MATH64))
+    value = value.to(total.dtype)
     # P_k * value = g_k * (value / total); a zero sum (every g_k = 0) gives value / EXPANSION instead.
     ratio = tl.where(total > 0, value / total, 0.0)
     uniform = tl.where(total > 0, 0.0, value / EXPANSION)

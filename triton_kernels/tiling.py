@@ -10,6 +10,16 @@ import triton.language as tl
 
 from . import INTERPRETING
 
+# tl.dot takes float64 tiles from Triton 3.5 on; with an older Triton the GEMM kernels serve 32- and 16-bit floats.
+FLOAT64_DOT = tuple(int(part) for part in triton.__version__.split(".")[:2]) >= (3, 5)
+
+
+def check_dot_dtype(dtype: torch.dtype) -> None:
+    """Raises a ValueError for operands the installed Triton's tl.dot cannot multiply (float64 before 3.5)."""
+    if dtype == torch.float64 and not FLOAT64_DOT:
+        raise ValueError(f"the fused GEMM kernels need tl.dot on float64 tiles, which Triton {triton.__version__} "
+                         "lacks (Triton 3.5 and later have it); float64 layers take the combine and scatter paths")
+
 
 @triton.jit
 def grouped_tile(pid, rows, columns, BLOCK_ROWS: tl.constexpr, BLOCK_COLUMNS: tl.constexpr, GROUP: tl.constexpr):
@@ -26,10 +36,10 @@ def grouped_tile(pid, rows, columns, BLOCK_ROWS: tl.constexpr, BLOCK_COLUMNS: tl
 @triton.jit
 def dot(a, b, acc, UPCAST_16BIT: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """acc + a @ b. UPCAST_16BIT: 16-bit tiles are multiplied as float32 (the interpreter's bfloat16 dot is
-    wrong)."""
+    wrong). out_dtype is the accumulator's: Triton 3.6 and older default it to float32 and reject a float64 acc."""
     if UPCAST_16BIT and a.dtype.primitive_bitwidth == 16:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=acc.dtype)
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
 
 
 def dot_options(dtype: torch.dtype) -> dict:

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from .mixing import ADD, STORE, spread
-from .tiling import configs, dot, dot_options, grouped_tile, size_bucket
+from .tiling import check_dot_dtype, configs, dot, dot_options, grouped_tile, size_bucket
 
 # (BLOCK_N, BLOCK_K, BLOCK_M, GROUP_N, num_warps, num_stages); M is the reduction. The epilogue holds the draws
 # of all copies of its tile: with more than 16 output elements per thread it spills registers (checked with
@@ -56,6 +56,7 @@ def weight_grad(grad_out: torch.Tensor, x: torch.Tensor, seed: torch.Tensor, off
                 accumulate: bool) -> None:
     """out[k] = P_k * (grad_out^T @ x) (or +=) for grad_out [M, N], x [M, K] (same dtype) and a contiguous
     out [e, N, K]."""
+    check_dot_dtype(grad_out.dtype)
     m, n = grad_out.shape
     k = x.shape[1]
     if n == 0 or k == 0:

@@ -84,6 +84,10 @@ class LayerCase:
 
     def memory(self, variant: Variant) -> tuple[SavedBytes, Optional[int]]:
         """Bytes saved for backward by one forward, and the step's peak allocation (CUDA)."""
+        # A first step outside the measurement: compilation and autotuning allocate, and trace with fake tensors
+        # that the saved-tensor hooks cannot look into (torch < 2.5 runs the hooks while tracing).
+        self.reset()
+        self.step(variant)
         self.reset()
         counter = SavedTensorCounter(variant.module.parameters())
         with PeakMemory(self.config.device) as peak, variant.context():
