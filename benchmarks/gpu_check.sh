@@ -32,7 +32,8 @@ step() {
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$logs/gpu.txt"
 arch=$("$python" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
-"$python" -c 'import sys, torch; print("Python", sys.version.split()[0], "torch", torch.__version__)' \
+"$python" -c 'import sys, torch, triton
+print("Python", sys.version.split()[0], "torch", torch.__version__, "triton", triton.__version__)' \
   | tee -a "$logs/gpu.txt"
 
 step build 240 env TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" FORCE_CUDA=1 \
