@@ -80,7 +80,11 @@ step bench-conv-fused 90 "$python" -m majority_kernels bench --device cuda --bac
   --output benchmarks/results/cuda-conv-fused
 cp benchmarks/results/cuda-* "$logs/" 2>/dev/null
 
-step rest-of-suite 300 "$python" -m pytest -q -p no:cacheprovider -m "not gpu"
+# On 6 workers where pytest-xdist is installed (the GPU image has it): building the Triton kernels for every test's
+# shapes is CPU work. One file per worker keeps the two-process distributed tests together.
+parallel=()
+"$python" -c 'import xdist' 2>/dev/null && parallel=(-n 6 --dist loadfile)
+step rest-of-suite 300 "$python" -m pytest -q -p no:cacheprovider -m "not gpu" ${parallel[@]+"${parallel[@]}"}
 
 echo "== failed steps: ${failed[*]:-none}"
 ((${#failed[@]} == 0))
