@@ -7,6 +7,7 @@ GPU the same tests run natively, plus the `gpu` ones: half precision, larger sha
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -574,24 +575,11 @@ def test_bench_crossover_sweep():
 
 # ---- GPU builds without a GPU --------------------------------------------------------------------------------
 
+# Run with benchmarks/ on the path, for the build helpers of benchmarks/sm90_builds.py.
 _COMPILE_FOR_SM90 = textwrap.dedent("""
-    import inspect
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, compiler
     from majority_kernels.triton_kernels import combine, conv, embedding, linear, scatter, tiling, weight_grad
-
-    def build(kernel, signature, constants, num_warps=4, num_stages=3):
-        fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
-        pointers = [fn.arg_names.index(name) for name, kind in signature.items() if kind.startswith("*")]
-        if "constexprs" in inspect.signature(ASTSource).parameters:
-            source = ASTSource(fn, {**signature, **dict.fromkeys(constants, "constexpr")}, constants,
-                               {(index,): [["tt.divisibility", 16]] for index in pointers})
-        else:  # Triton 3.0's form: arguments by position, alignment in an AttrsDescriptor
-            source = ASTSource(fn, {fn.arg_names.index(name): kind for name, kind in signature.items()}, constants,
-                               compiler.AttrsDescriptor(divisible_by_16=set(pointers)))
-        return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
+    from sm90_builds import (SM90_SHARED_LIMIT, build, linear_constants, linear_signature, weight_grad_constants,
+                             weight_grad_signature)
 
     elementwise = {"seed_ptr": "*i64", "offset": "i64", "numel": "i32"}
     build(combine.combine_kernel, {"weight_ptr": "*fp32", "out_ptr": "*bf16", **elementwise},
@@ -607,26 +595,12 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
     # The GEMMs per (activation, weight) dtype pair they serve: autocast bf16 over float32 weights, float32 with
     # TF32, and float64 (tl.dot with a float64 accumulator) where this Triton has it.
     cases = [("bf16", "fp32", False, "ieee"), ("fp32", "fp32", False, "tf32")]
-    def linear_signature(act, weight):
-        return {"a_ptr": f"*{act}", "weight_ptr": f"*{weight}", "bias_ptr": f"*{act}", "c_ptr": f"*{act}",
-                "seed_ptr": "*i64", "offset": "i64",
-                **dict.fromkeys(["M", "P", "Q", "stride_am", "stride_aq", "stride_cm", "stride_cp", "stride_wq",
-                                 "stride_wp", "copy_stride", "M_BUCKET"], "i32")}
-
-    def linear_constants(math64, precision, tile):
-        return {"EXPANSION": 4, "HAS_BIAS": True, "MATH64": math64, "UPCAST_16BIT": False,
-                "INPUT_PRECISION": precision, **tile}
-
     for act, weight, math64, precision in cases + [("fp64", "fp64", True, "ieee")] * tiling.FLOAT64_DOT:
         build(linear.mixed_matmul_kernel, linear_signature(act, weight),
               linear_constants(math64, precision, {"BLOCK_M": 16, "BLOCK_P": 64, "BLOCK_Q": 32, "GROUP_M": 8}))
-        build(weight_grad.weight_grad_kernel, {
-            "grad_ptr": f"*{act}", "x_ptr": f"*{act}", "out_ptr": f"*{weight}", "seed_ptr": "*i64",
-            "offset": "i64",
-            **dict.fromkeys(["M", "N", "K", "stride_gm", "stride_gn", "stride_xm", "stride_xk", "M_BUCKET"],
-                            "i32")},
-            {"EXPANSION": 5, "MATH64": math64, "MODE": 0, "UPCAST_16BIT": False, "INPUT_PRECISION": precision,
-             "BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_M": 32, "GROUP_N": 8}, num_warps=8)
+        build(weight_grad.weight_grad_kernel, weight_grad_signature(act, weight),
+              weight_grad_constants(math64, precision, {"BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_M": 32, "GROUP_N": 8},
+                                    expansion=5), num_warps=8)
         build(conv.mixed_conv2d_kernel, {
             "x_ptr": f"*{act}", "weight_ptr": f"*{weight}", "bias_ptr": f"*{act}", "out_ptr": f"*{act}",
             "seed_ptr": "*i64", "offset": "i64",
@@ -642,7 +616,7 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
         if config.kwargs["BLOCK_M"] == 128 and config.num_stages == 3:
             built = build(linear.mixed_matmul_kernel, linear_signature("fp32", "fp32"),
                           linear_constants(False, "tf32", config.kwargs), config.num_warps, config.num_stages)
-            estimate, limit = tiling.shared_bytes(config, 4, 4, 4), 227 * 1024
+            estimate, limit = tiling.shared_bytes(config, 4, 4, 4), SM90_SHARED_LIMIT
             assert estimate > limit or built.metadata.shared <= limit, (config, built.metadata.shared, estimate)
     print("built")
 """)
@@ -653,6 +627,8 @@ def test_kernels_build_for_sm90():
     """The interpreter runs the kernels' Python, not Triton's compiler: build them for an H100 (sm_90, down to a
     cubin with the ptxas Triton ships), so that code the compiler rejects fails here too."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).parents[1] / "benchmarks"),
+                                         *filter(None, [env.get("PYTHONPATH")])])
     result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env)
     assert result.returncode == 0 and "built" in result.stdout, result.stderr[-3000:]
 
