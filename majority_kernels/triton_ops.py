@@ -375,7 +375,7 @@ def linear_paths(m: int, dtype: torch.dtype) -> tuple[str, str]:
     wgrad = wgrad or _env_path("MK_WGRAD_PATH", WGRAD_PATHS)
     if "fused" in (forward, wgrad):
         tiling.check_dot_dtype(dtype)
-    fusable = dtype != torch.float64 or tiling.FLOAT64_DOT
+    fusable = tiling.dot_supports(dtype)
     forward = forward or ("fused" if fusable and m <= FUSED_FORWARD_MAX_M else "combine")
     wgrad = wgrad or ("fused" if fusable and m <= FUSED_WGRAD_MAX_M else "scatter")
     return forward, wgrad

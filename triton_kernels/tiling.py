@@ -14,9 +14,14 @@ from . import INTERPRETING
 FLOAT64_DOT = tuple(int(part) for part in triton.__version__.split(".")[:2]) >= (3, 5)
 
 
+def dot_supports(dtype: torch.dtype) -> bool:
+    """Whether the installed Triton's tl.dot multiplies operands of `dtype` (float64 from 3.5 on)."""
+    return dtype != torch.float64 or FLOAT64_DOT
+
+
 def check_dot_dtype(dtype: torch.dtype) -> None:
-    """Raises a ValueError for operands the installed Triton's tl.dot cannot multiply (float64 before 3.5)."""
-    if dtype == torch.float64 and not FLOAT64_DOT:
+    """Raises a ValueError for operands the installed Triton's tl.dot cannot multiply."""
+    if not dot_supports(dtype):
         raise ValueError(f"the fused GEMM kernels need tl.dot on float64 tiles, which Triton {triton.__version__} "
                          "lacks (Triton 3.5 and later have it); float64 layers take the combine and scatter paths")
 
