@@ -24,19 +24,22 @@ from majority_kernels.triton_kernels import linear, tiling, weight_grad
 SM90_SHARED_LIMIT = 227 * 1024  # bytes one program may use on sm_90
 
 
-def build(kernel, signature: dict, constants: dict, num_warps: int = 4, num_stages: int = 3):
+def build(kernel, signature: dict, constants: dict, num_warps: int = 4, num_stages: int = 3,
+          divisible: tuple = ()):
     """kernel (a JIT function or an autotuner around one) compiled for sm_90: `signature` maps the runtime
-    arguments to Triton types (pointers are taken as 16-byte aligned), `constants` the constexpr ones to values."""
+    arguments to Triton types (pointers are taken as 16-byte aligned), `constants` the constexpr ones to values,
+    `divisible` names integer arguments taken as multiples of 16 (Triton's launcher specializes on that)."""
     fn = kernel
     while not isinstance(fn, triton.runtime.JITFunction):
         fn = fn.fn
-    pointers = [fn.arg_names.index(name) for name, kind in signature.items() if kind.startswith("*")]
+    pointers = [name for name, kind in signature.items() if kind.startswith("*")]
+    aligned = [fn.arg_names.index(name) for name in [*pointers, *divisible]]
     if "constexprs" in inspect.signature(ASTSource).parameters:
         source = ASTSource(fn, {**signature, **dict.fromkeys(constants, "constexpr")}, constants,
-                           {(index,): [["tt.divisibility", 16]] for index in pointers})
+                           {(index,): [["tt.divisibility", 16]] for index in aligned})
     else:  # Triton 3.0's form: arguments by position, alignment in an AttrsDescriptor
         source = ASTSource(fn, {fn.arg_names.index(name): kind for name, kind in signature.items()}, constants,
-                           compiler.AttrsDescriptor(divisible_by_16=set(pointers)))
+                           compiler.AttrsDescriptor(divisible_by_16=set(aligned)))
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})
 

@@ -577,15 +577,28 @@ def test_bench_crossover_sweep():
 
 # Run with benchmarks/ on the path, for the build helpers of benchmarks/sm90_builds.py.
 _COMPILE_FOR_SM90 = textwrap.dedent("""
+    import re
+
     from majority_kernels.triton_kernels import combine, conv, embedding, linear, scatter, tiling, weight_grad
     from sm90_builds import (SM90_SHARED_LIMIT, build, linear_constants, linear_signature, weight_grad_constants,
                              weight_grad_signature)
 
+    def scalar_accesses(built):  # the global loads and stores of the build that are not 16-byte vectors
+        accesses = re.findall(r"\\b(?:ld|st)\\.global\\.[\\w:.]+", built.asm["ptx"])
+        return [access for access in accesses if ".v4." not in access]
+
     elementwise = {"seed_ptr": "*i64", "offset": "i64", "numel": "i32"}
-    build(combine.combine_kernel, {"weight_ptr": "*fp32", "out_ptr": "*bf16", **elementwise},
-          {"EXPANSION": 5, "MATH64": False, "BLOCK": 1024})
-    build(scatter.scatter_kernel, {"grad_ptr": "*bf16", "out_ptr": "*fp32", **elementwise},
-          {"EXPANSION": 3, "MATH64": False, "MODE": 1, "HAS_GRAD": True, "BLOCK": 1024})
+    # Any size builds; where numel is a multiple of 16 (Triton's launcher specializes on that, as for a 4096 x 4096
+    # weight), every weight, gradient and output access is a 16-byte vector (8 elements per thread and copy): only
+    # the seed is read alone.
+    for divisible in ((), ("numel",)):
+        combined = build(combine.combine_kernel, {"weight_ptr": "*fp32", "out_ptr": "*bf16", **elementwise},
+                         {"EXPANSION": 5, "MATH64": False, "BLOCK": 1024}, divisible=divisible)
+        scattered = build(scatter.scatter_kernel, {"grad_ptr": "*bf16", "out_ptr": "*fp32", **elementwise},
+                          {"EXPANSION": 3, "MATH64": False, "MODE": 1, "HAS_GRAD": True, "BLOCK": 1024},
+                          divisible=divisible)
+    for built in (combined, scattered):
+        assert [access[-3:] for access in scalar_accesses(built)] == ["b64"], scalar_accesses(built)
     lookups = {"indices_ptr": "*i64", "seed_ptr": "*i64", "offset": "i64", "lookups": "i32", "rows": "i32",
                "dim": "i32"}
     build(embedding.scatter_add_kernel, {"grad_ptr": "*bf16", "out_ptr": "*fp32", **lookups},
