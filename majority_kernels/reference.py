@@ -1,8 +1,9 @@
 """Plain-PyTorch versions of the mixing: the test oracle and the benchmark baseline.
 
-* The spec of DESIGN.md section 4 materialised in float64 (`philox4x32_10`, `uniforms`, `mixing_weights`,
-  `combine`, `scatter`): the oracle every backend is checked against, and the `reference` backend. Written with
-  int64 tensor arithmetic only, so it runs on any device and under torch.compile.
+* The spec of docs/design.md section 4 (v2: uniform spacings on Philox4x32-7) materialised in float64
+  (`philox4x32`, `uniforms`, `mixing_weights`, `combine`, `scatter`): the oracle every backend is checked against,
+  and the `reference` backend. Written with int64 tensor arithmetic and a sort, so it runs on any device and under
+  torch.compile.
 * `naive_combine`: what a user would write by hand (``exponential_()``, materialised P, autograd keeps it for the
   backward). It does not follow the spec's RNG; it is the baseline the benchmarks compare against.
 """
@@ -12,15 +13,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+SPEC_VERSION = "v2"
+PHILOX_ROUNDS = 7
+
 _MASK32 = 0xFFFFFFFF
 _PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
 _PHILOX_W0, _PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
 _UNIFORM_SCALE = 4.6566127342e-10
 
 
+def uniforms_per_element(expansion: int) -> int:
+    """m = e - 1: the spacings of e - 1 sorted uniforms are the e mixing weights."""
+    return expansion - 1
+
+
 def counters_per_element(expansion: int) -> int:
-    """R = ceil(e / 4): one Philox call yields four words, one per copy."""
-    return (expansion + 3) // 4
+    """R = ceil((e - 1) / 4): one Philox call yields four uniforms."""
+    return (expansion + 2) // 4
 
 
 def _mulhilo(a: Tensor, b: int) -> tuple[Tensor, Tensor]:
@@ -29,11 +38,11 @@ def _mulhilo(a: Tensor, b: int) -> tuple[Tensor, Tensor]:
     return (product >> 32) & _MASK32, product & _MASK32
 
 
-def philox4x32_10(counter: tuple[Tensor, Tensor, Tensor, Tensor], key: tuple[Tensor, Tensor]) -> list[Tensor]:
-    """Philox4x32-10 on int64 tensors holding 32-bit words; broadcasts over the counter and key tensors."""
+def philox4x32(counter: tuple[Tensor, Tensor, Tensor, Tensor], key: tuple[Tensor, Tensor]) -> list[Tensor]:
+    """Philox4x32-7 on int64 tensors holding 32-bit words; broadcasts over the counter and key tensors."""
     c0, c1, c2, c3 = counter
     k0, k1 = key
-    for _ in range(10):
+    for _ in range(PHILOX_ROUNDS):
         hi0, lo0 = _mulhilo(c0, _PHILOX_M0)
         hi1, lo1 = _mulhilo(c2, _PHILOX_M1)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
@@ -55,18 +64,17 @@ def _seed_key(seed: int | Tensor, device: torch.device) -> tuple[Tensor, Tensor]
 
 
 def uniforms_at(expansion: int, index: Tensor, seed: int | Tensor, offset: int = 0) -> Tensor:
-    """u[k, i] of section 4 as float32 for the flat element indices `index` (int64, any shape): shape
-    [expansion, *index.shape]."""
+    """u[j, i] of section 4 as float32 for the flat element indices `index` (int64, any shape), in draw order (not
+    sorted): shape [e - 1, *index.shape]."""
     groups = counters_per_element(expansion)
     group = torch.arange(groups, dtype=torch.int64, device=index.device).view(groups, *([1] * index.dim()))
-    # c = offset + i * R + k // 4 (mod 2^64), as signed int64 with wrapping adds.
+    # c = offset + i * R + j // 4 (mod 2^64), as signed int64 with wrapping adds.
     signed_offset = offset - 2**64 if offset >= 2**63 else offset
     counter = (index.to(torch.int64)[None] * groups + group) + signed_offset
     zero = torch.zeros_like(counter)
-    words = philox4x32_10((counter & _MASK32, (counter >> 32) & _MASK32, zero, zero),
-                          _seed_key(seed, index.device))
-    # words[j][g, ...] is copy 4g + j of the element.
-    stacked = torch.stack(words, dim=1).reshape(groups * 4, *index.shape)[:expansion]
+    words = philox4x32((counter & _MASK32, (counter >> 32) & _MASK32, zero, zero), _seed_key(seed, index.device))
+    # words[w][g, ...] is uniform 4g + w of the element.
+    stacked = torch.stack(words, dim=1).reshape(groups * 4, *index.shape)[:uniforms_per_element(expansion)]
     return uniform_from_words(stacked)
 
 
@@ -77,26 +85,26 @@ def _device_of(seed: int | Tensor, device) -> torch.device:
 
 
 def uniforms(expansion: int, numel: int, seed: int | Tensor, offset: int = 0, *, device=None) -> Tensor:
-    """u[k, i] of section 4 as float32, shape [expansion, numel]."""
+    """u[j, i] of section 4 as float32, shape [e - 1, numel]."""
     index = torch.arange(numel, dtype=torch.int64, device=_device_of(seed, device))
     return uniforms_at(expansion, index, seed, offset)
 
 
-def _normalise(u: Tensor, expansion: int) -> Tensor:
-    g = -torch.log1p(-u.to(torch.float64))
-    total = g.sum(0, keepdim=True)
-    # A zero sum (every u == 0) gives the uniform 1 / e, as every backend does.
-    return torch.where(total > 0, g / total.clamp_min(torch.finfo(torch.float64).tiny), 1.0 / expansion)
+def _spacings(u: Tensor) -> Tensor:
+    """The gaps of the sorted uniforms (and of 0 and 1) along dim 0, in float64, where they are exact."""
+    v = torch.sort(u.to(torch.float64), dim=0).values
+    edge = v.new_ones((1, *v.shape[1:]))
+    return torch.diff(v, dim=0, prepend=torch.zeros_like(edge), append=edge)
 
 
 def mixing_weights_at(expansion: int, index: Tensor, seed: int | Tensor, offset: int = 0) -> Tensor:
     """P[k, i] of section 4 in float64 for the flat element indices `index`: shape [expansion, *index.shape]."""
-    return _normalise(uniforms_at(expansion, index, seed, offset), expansion)
+    return _spacings(uniforms_at(expansion, index, seed, offset))
 
 
 def mixing_weights(expansion: int, numel: int, seed: int | Tensor, offset: int = 0, *, device=None) -> Tensor:
     """P[k, i] of section 4 in float64 (from the float32 uniforms), shape [expansion, numel]."""
-    return _normalise(uniforms(expansion, numel, seed, offset, device=device), expansion)
+    return _spacings(uniforms(expansion, numel, seed, offset, device=device))
 
 
 def combine(weight: Tensor, seed: int | Tensor, offset: int = 0, out_dtype: torch.dtype | None = None) -> Tensor:

@@ -3,9 +3,8 @@
 //
 // Work items are (lookup or row, block of kLanes columns). P of a block comes from the shared kernels
 // (KernelTable::mixing_*) at the flat index r * dim + d0 of the block in the full [rows, dim] table, so a row is
-// mixed exactly as a full-table combine mixes it; it is never kept beyond the block. Those kernels draw P for whole
-// blocks of kLanes consecutive elements, so tables narrower than kLanes columns pay for kLanes / dim times the
-// draws they use.
+// mixed exactly as a full-table combine mixes it; it is never kept beyond the block. A block is the row's columns
+// [d0, d0 + kLanes) or fewer at the row's end, so narrow tables draw only what they use.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -39,17 +38,6 @@ at::Tensor checked_rows(const at::Tensor& indices, int64_t rows, const char* op)
 
 int64_t column_blocks(int64_t dim) { return (dim + kLanes - 1) / kLanes; }
 
-// mix[k * kLanes + l] = P[k, first + l]. With one copy P is exactly 1 (g / g), which the shared kernels' g * (1 / g)
-// can miss by an ulp: skipping them keeps expansion 1 bit-exact to the dense embedding (and saves the RNG).
-template <typename T>
-void block_mixing(const KernelTable& table, const MixingArgs& args, int64_t first, T* mix) {
-  if (args.expansion == 1) {
-    std::fill(mix, mix + kLanes, T(1));
-  } else {
-    compute_mixing(table, args, first, mix);
-  }
-}
-
 // out[n, d] = sum_k P[k, row[n] * dim + d] * weight[k, row[n], d] for every lookup n.
 template <typename in_t, typename out_t>
 void gather_combine(const MixingArgs& args, const in_t* weight, int64_t rows, int64_t dim, const int64_t* row,
@@ -59,17 +47,17 @@ void gather_combine(const MixingArgs& args, const in_t* weight, int64_t rows, in
   const int64_t blocks = column_blocks(dim);
   const int64_t table_numel = rows * dim;
   at::parallel_for(0, lookups * blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
-    std::vector<T> mix(args.expansion * kLanes);
+    std::vector<T> mix(args.expansion * std::min(kLanes, dim));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / blocks, d0 = item % blocks * kLanes;
       const int64_t lanes = std::min(kLanes, dim - d0);
       const int64_t first = row[n] * dim + d0;
-      block_mixing(table, args, first, mix.data());
+      compute_mixing(table, args, first, lanes, mix.data());
       T acc[kLanes];
       for (int64_t l = 0; l < lanes; ++l) acc[l] = mix[l] * static_cast<T>(weight[first + l]);
       for (int64_t k = 1; k < args.expansion; ++k) {
         const in_t* wk = weight + k * table_numel + first;
-        const T* pk = mix.data() + k * kLanes;
+        const T* pk = mix.data() + k * lanes;
         for (int64_t l = 0; l < lanes; ++l) acc[l] += pk[l] * static_cast<T>(wk[l]);
       }
       out_t* o = out + n * dim + d0;
@@ -139,7 +127,7 @@ void scatter_rows(const MixingArgs& args, const in_t* grad, int64_t rows, int64_
   const int64_t table_numel = rows * dim;
   const int64_t distinct = static_cast<int64_t>(groups.row_of.size());
   at::parallel_for(0, distinct * blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
-    std::vector<T> mix(args.expansion * kLanes);
+    std::vector<T> mix(args.expansion * std::min(kLanes, dim));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t s = item / blocks, d0 = item % blocks * kLanes;
       const int64_t lanes = std::min(kLanes, dim - d0);
@@ -149,10 +137,10 @@ void scatter_rows(const MixingArgs& args, const in_t* grad, int64_t rows, int64_
         for (int64_t l = 0; l < lanes; ++l) acc[l] += static_cast<T>(g[l]);
       }
       const int64_t first = groups.row_of[s] * dim + d0;
-      block_mixing(table, args, first, mix.data());
+      compute_mixing(table, args, first, lanes, mix.data());
       for (int64_t k = 0; k < args.expansion; ++k) {
         out_t* o = grad_weight + k * table_numel + first;
-        const T* pk = mix.data() + k * kLanes;
+        const T* pk = mix.data() + k * lanes;
         for (int64_t l = 0; l < lanes; ++l) o[l] = static_cast<out_t>(static_cast<T>(o[l]) + pk[l] * acc[l]);
       }
     }

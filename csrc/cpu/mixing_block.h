@@ -2,7 +2,8 @@
 // after they choose the instruction set (see simd_word.h), and only there (see kernel_table.h for why).
 //
 // Work goes in blocks of kLanes consecutive elements: Philox for the block's counters with the vector Word, then
-// loops over the lanes with no branches or calls, which the compiler vectorises for the chosen instruction set.
+// loops over the lanes with no branches or calls (the sorting network, the gaps, the products), which the compiler
+// vectorises for the chosen instruction set.
 #pragma once
 
 #include "kernel_table.h"
@@ -14,10 +15,12 @@ namespace MK_CPU_CAPABILITY {
 
 static_assert(kLanes % kWordLanes == 0, "a block is a whole number of Words");
 
-// Calls use(k, l, g) for every copy k and lane l of the block at `first`, where g is the Exp(1) draw g_k of
-// element first + l (section 4, before the normalisation) in the math type T. Copies come in increasing k.
-template <typename T, typename Use>
-MK_CPU_INLINE void for_each_draw(const MixingArgs& args, int64_t first, const Use& use) {
+// v[j * lanes + l] = v_j of element first + l, the sorted uniforms (j < m = e - 1), in the math type T, for the
+// block's `lanes` <= kLanes elements: Philox for the block's counters with the vector Word, then the sorting
+// network applied to all lanes at once (each comparator a branch-free min/max loop over the lanes).
+template <typename T>
+MK_CPU_INLINE void sorted_uniforms(const MixingArgs& args, int64_t first, int64_t lanes, T* __restrict v) {
+  const int64_t m = uniforms_per_element(args.expansion);
   const int64_t groups = counters_per_element(args.expansion);
   const Word key0 = broadcast(static_cast<uint32_t>(args.seed));
   const Word key1 = broadcast(static_cast<uint32_t>(args.seed >> 32));
@@ -26,89 +29,77 @@ MK_CPU_INLINE void for_each_draw(const MixingArgs& args, int64_t first, const Us
     // Lane l's counter is base + l * groups (64-bit; `counters` carries into the high word where a block
     // crosses a multiple of 2^32).
     const uint64_t base = element_counter(args.offset, static_cast<uint64_t>(first), args.expansion, group);
-    for (int64_t l = 0; l < kLanes; l += kWordLanes) {
+    for (int64_t l = 0; l < lanes; l += kWordLanes) {
       Word c0, c1, c2 = broadcast(0), c3 = broadcast(0);
       counters(base + static_cast<uint64_t>(l * groups), static_cast<uint32_t>(groups), c0, c1);
-      philox4x32_10(c0, c1, c2, c3, key0, key1);
+      philox4x32(c0, c1, c2, c3, key0, key1);
       store(words[0] + l, c0);
       store(words[1] + l, c1);
       store(words[2] + l, c2);
       store(words[3] + l, c3);
     }
-    const int64_t copies = args.expansion - 4 * group < 4 ? args.expansion - 4 * group : 4;
-    for (int64_t j = 0; j < copies; ++j)
-      for (int64_t l = 0; l < kLanes; ++l)
-        use(4 * group + j, l, exponential_from_uniform<T>(uniform_from_word(words[j][l])));
-  }
-}
-
-// mix[k * kLanes + l] = P[k, first + l].
-template <typename T>
-MK_CPU_INLINE void mixing_block(const MixingArgs& args, int64_t first, T* __restrict mix) {
-  alignas(64) T sum[kLanes] = {};
-  for_each_draw<T>(args, first, [&](int64_t k, int64_t l, T g) {
-    mix[k * kLanes + l] = g;
-    sum[l] += g;
-  });
-  // A sum of exactly zero (every u == 0, probability 2^-31 per copy) gives the uniform 1/e.
-  alignas(64) T inverse[kLanes], fallback[kLanes];
-  const T uniform = T(1) / static_cast<T>(args.expansion);
-  for (int64_t l = 0; l < kLanes; ++l) {
-    const bool positive = sum[l] > T(0);
-    fallback[l] = positive ? T(0) : uniform;
-    inverse[l] = T(1) / (positive ? sum[l] : T(1));
-  }
-  for (int64_t k = 0; k < args.expansion; ++k)
-    for (int64_t l = 0; l < kLanes; ++l) mix[k * kLanes + l] = mix[k * kLanes + l] * inverse[l] + fallback[l];
-}
-
-// out[i] = sum_k P[k, i] * weight[k * numel + i] for the block's elements i, as (sum_k g_k w_k) / (sum_k g_k):
-// P is never stored.
-MK_CPU_INLINE void combine_block(const MixingArgs& args, const float* __restrict weight, int64_t numel,
-                                 float* __restrict out, int64_t first) {
-  const float* __restrict w = weight + first;
-  alignas(64) float sum[kLanes] = {}, acc[kLanes] = {};
-  for_each_draw<float>(args, first, [&](int64_t k, int64_t l, float g) {
-    sum[l] += g;
-    acc[l] += g * w[k * numel + l];
-  });
-  int zero_sums = 0;  // an int, not a bool: the loop vectorises
-  for (int64_t l = 0; l < kLanes; ++l) {
-    out[first + l] = acc[l] / sum[l];
-    zero_sums += sum[l] > 0.0f ? 0 : 1;
-  }
-  if (zero_sums != 0) {  // some lane drew u == 0 for every copy (probability 2^-31 per copy): P = 1/e there
-    for (int64_t l = 0; l < kLanes; ++l) {
-      if (sum[l] > 0.0f) continue;
-      float total = 0.0f;
-      for (int64_t k = 0; k < args.expansion; ++k) total += w[k * numel + l];
-      out[first + l] = total / static_cast<float>(args.expansion);
+    const int64_t count = m - 4 * group < 4 ? m - 4 * group : 4;
+    for (int64_t j = 0; j < count; ++j) {
+      T* __restrict row = v + (4 * group + j) * lanes;
+      for (int64_t l = 0; l < lanes; ++l) row[l] = static_cast<T>(uniform_from_word(words[j][l]));
     }
   }
+  for_each_comparator(static_cast<int>(m), [&](int low, int high) {
+    T* __restrict a = v + low * lanes;
+    T* __restrict b = v + high * lanes;
+    for (int64_t l = 0; l < lanes; ++l) {
+      const T x = a[l], y = b[l];
+      a[l] = x < y ? x : y;
+      b[l] = x < y ? y : x;
+    }
+  });
 }
 
-// grad_weight[k * numel + i] (+)= P[k, i] * grad[i] for the block's elements i; `draws` holds expansion * kLanes.
+// mix[k * lanes + l] = P[k, first + l] in the math type T, for the block's `lanes` <= kLanes elements.
+template <typename T>
+MK_CPU_INLINE void mixing_block(const MixingArgs& args, int64_t first, int64_t lanes, T* __restrict mix) {
+  const int64_t m = uniforms_per_element(args.expansion);
+  if (m == 0) {  // e = 1: P = 1 exactly, no draw
+    for (int64_t l = 0; l < lanes; ++l) mix[l] = T(1);
+    return;
+  }
+  sorted_uniforms(args, first, lanes, mix);
+  // The gaps in place, from the top row down: P_m = 1 - v_{m-1}, P_k = v_k - v_{k-1}, P_0 = v_0.
+  for (int64_t l = 0; l < lanes; ++l) mix[m * lanes + l] = T(1) - mix[(m - 1) * lanes + l];
+  for (int64_t k = m - 1; k >= 1; --k) {
+    T* __restrict upper = mix + k * lanes;
+    const T* __restrict lower = mix + (k - 1) * lanes;
+    for (int64_t l = 0; l < lanes; ++l) upper[l] -= lower[l];
+  }
+}
+
+// out[i] = sum_k P[k, i] * weight[k * numel + i] for the block's kLanes elements i; `mix` holds e * kLanes.
+MK_CPU_INLINE void combine_block(const MixingArgs& args, const float* __restrict weight, int64_t numel,
+                                 float* __restrict out, int64_t first, float* __restrict mix) {
+  mixing_block(args, first, kLanes, mix);
+  const float* __restrict w = weight + first;
+  alignas(64) float acc[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) acc[l] = mix[l] * w[l];
+  for (int64_t k = 1; k < args.expansion; ++k) {
+    const float* __restrict wk = w + k * numel;
+    const float* __restrict pk = mix + k * kLanes;
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] += pk[l] * wk[l];
+  }
+  for (int64_t l = 0; l < kLanes; ++l) out[first + l] = acc[l];
+}
+
+// grad_weight[k * numel + i] (+)= P[k, i] * grad[i] for the block's kLanes elements i, one copy's row after the
+// other (writing all e rows in one lane loop thrashes the L1 cache for large e); `mix` holds e * kLanes.
 template <bool kAccumulate>
 MK_CPU_INLINE void scatter_block(const MixingArgs& args, const float* __restrict grad, int64_t numel,
-                                 float* __restrict grad_weight, int64_t first, float* __restrict draws) {
-  alignas(64) float sum[kLanes] = {};
-  for_each_draw<float>(args, first, [&](int64_t k, int64_t l, float g) {
-    draws[k * kLanes + l] = g;
-    sum[l] += g;
-  });
-  // P[k] * grad = g_k * scale + fallback, with the uniform 1/e where the sum is zero (as in mixing_block).
-  alignas(64) float scale[kLanes], fallback[kLanes];
-  const float uniform = 1.0f / static_cast<float>(args.expansion);
-  for (int64_t l = 0; l < kLanes; ++l) {
-    const bool positive = sum[l] > 0.0f;
-    scale[l] = grad[first + l] / (positive ? sum[l] : 1.0f);
-    fallback[l] = positive ? 0.0f : grad[first + l] * uniform;
-  }
+                                 float* __restrict grad_weight, int64_t first, float* __restrict mix) {
+  mixing_block(args, first, kLanes, mix);
+  const float* __restrict g = grad + first;
   for (int64_t k = 0; k < args.expansion; ++k) {
     float* __restrict out = grad_weight + k * numel + first;
-    const float* __restrict g = draws + k * kLanes;
+    const float* __restrict pk = mix + k * kLanes;
     for (int64_t l = 0; l < kLanes; ++l) {
-      const float value = g[l] * scale[l] + fallback[l];
+      const float value = pk[l] * g[l];
       out[l] = kAccumulate ? out[l] + value : value;
     }
   }
@@ -116,12 +107,17 @@ MK_CPU_INLINE void scatter_block(const MixingArgs& args, const float* __restrict
 
 // The exported kernels (KernelTable).
 
-void mixing_f32(const MixingArgs& args, int64_t first, float* mix) { mixing_block<float>(args, first, mix); }
+void mixing_f32(const MixingArgs& args, int64_t first, int64_t lanes, float* mix) {
+  mixing_block(args, first, lanes, mix);
+}
 
-void mixing_f64(const MixingArgs& args, int64_t first, double* mix) { mixing_block<double>(args, first, mix); }
+void mixing_f64(const MixingArgs& args, int64_t first, int64_t lanes, double* mix) {
+  mixing_block(args, first, lanes, mix);
+}
 
-void combine_f32(const MixingArgs& args, const float* weight, int64_t numel, float* out, int64_t begin, int64_t end) {
-  for (int64_t first = begin; first < end; first += kLanes) combine_block(args, weight, numel, out, first);
+void combine_f32(const MixingArgs& args, const float* weight, int64_t numel, float* out, int64_t begin, int64_t end,
+                 float* scratch) {
+  for (int64_t first = begin; first < end; first += kLanes) combine_block(args, weight, numel, out, first, scratch);
 }
 
 void scatter_f32(const MixingArgs& args, const float* grad, int64_t numel, float* grad_weight, bool accumulate,

@@ -14,28 +14,32 @@ namespace cpu {
 namespace {
 
 // Runs body(first, lanes, mix) over every block of the elements [begin, end) (begin a multiple of kLanes), in
-// parallel, with that block's P in `mix`: the generic path, for every dtype.
+// parallel, with that block's P in `mix` (row k at mix + k * lanes): the generic path, for every dtype. The scratch
+// is expansion * min(kLanes, end - begin) values per task: in proportion to the work, however large e is.
 template <typename T, typename Body>
 void for_each_mixed_block(const MixingArgs& args, int64_t begin, int64_t end, const Body& body) {
   const KernelTable& table = kernels();
   const int64_t blocks_end = (end + kLanes - 1) / kLanes;
   at::parallel_for(begin / kLanes, blocks_end, kBlocksPerTask, [&](int64_t first_block, int64_t last_block) {
-    std::vector<T> mix(args.expansion * kLanes);
+    std::vector<T> mix(args.expansion * std::min(kLanes, end - first_block * kLanes));
     for (int64_t block = first_block; block < last_block; ++block) {
       const int64_t first = block * kLanes;
-      compute_mixing(table, args, first, mix.data());
-      body(first, std::min(kLanes, end - first), mix.data());
+      const int64_t lanes = std::min(kLanes, end - first);
+      compute_mixing(table, args, first, lanes, mix.data());
+      body(first, lanes, mix.data());
     }
   });
 }
 
-// Runs fused(begin, end) over the whole blocks of `numel` elements in parallel; returns where they end (the start
-// of the partial last block, if any).
+// Runs fused(begin, end, scratch) over the whole blocks of `numel` elements in parallel, with a scratch of
+// expansion * kLanes floats per task; returns where they end (the start of the partial last block, if any).
 template <typename Fused>
-int64_t for_whole_blocks(int64_t numel, const Fused& fused) {
+int64_t for_whole_blocks(const MixingArgs& args, int64_t numel, const Fused& fused) {
   const int64_t whole_blocks = numel / kLanes;
-  at::parallel_for(0, whole_blocks, kBlocksPerTask,
-                   [&](int64_t first_block, int64_t last_block) { fused(first_block * kLanes, last_block * kLanes); });
+  at::parallel_for(0, whole_blocks, kBlocksPerTask, [&](int64_t first_block, int64_t last_block) {
+    std::vector<float> scratch(args.expansion * kLanes);
+    fused(first_block * kLanes, last_block * kLanes, scratch.data());
+  });
   return whole_blocks * kLanes;
 }
 
@@ -48,7 +52,7 @@ void combine_generic(const MixingArgs& args, const in_t* weight, int64_t numel, 
     for (int64_t l = 0; l < lanes; ++l) acc[l] = mix[l] * static_cast<T>(weight[first + l]);
     for (int64_t k = 1; k < args.expansion; ++k) {
       const in_t* wk = weight + k * numel + first;
-      const T* pk = mix + k * kLanes;
+      const T* pk = mix + k * lanes;
       for (int64_t l = 0; l < lanes; ++l) acc[l] += pk[l] * static_cast<T>(wk[l]);
     }
     for (int64_t l = 0; l < lanes; ++l) out[first + l] = static_cast<out_t>(acc[l]);
@@ -58,8 +62,8 @@ void combine_generic(const MixingArgs& args, const in_t* weight, int64_t numel, 
 // The same in float32: the fused kernel for the whole blocks, the generic code for the partial last one.
 void combine_float(const MixingArgs& args, const float* weight, int64_t numel, float* out) {
   const KernelTable& table = kernels();
-  const int64_t begin = for_whole_blocks(numel, [&](int64_t first, int64_t last) {
-    table.combine_f32(args, weight, numel, out, first, last);
+  const int64_t begin = for_whole_blocks(args, numel, [&](int64_t first, int64_t last, float* scratch) {
+    table.combine_f32(args, weight, numel, out, first, last, scratch);
   });
   combine_generic(args, weight, numel, out, begin);
 }
@@ -75,7 +79,7 @@ void scatter_generic(const MixingArgs& args, const in_t* grad, int64_t numel, ou
     for (int64_t l = 0; l < lanes; ++l) g[l] = static_cast<T>(grad[first + l]);
     for (int64_t k = 0; k < args.expansion; ++k) {
       out_t* out = grad_weight + k * numel + first;
-      const T* pk = mix + k * kLanes;
+      const T* pk = mix + k * lanes;
       if (accumulate) {
         for (int64_t l = 0; l < lanes; ++l) out[l] = static_cast<out_t>(static_cast<T>(out[l]) + pk[l] * g[l]);
       } else {
@@ -88,9 +92,8 @@ void scatter_generic(const MixingArgs& args, const in_t* grad, int64_t numel, ou
 // The same in float32: the fused kernel for the whole blocks, the generic code for the partial last one.
 void scatter_float(const MixingArgs& args, const float* grad, int64_t numel, float* grad_weight, bool accumulate) {
   const KernelTable& table = kernels();
-  const int64_t begin = for_whole_blocks(numel, [&](int64_t first, int64_t last) {
-    std::vector<float> scratch(args.expansion * kLanes);
-    table.scatter_f32(args, grad, numel, grad_weight, accumulate, first, last, scratch.data());
+  const int64_t begin = for_whole_blocks(args, numel, [&](int64_t first, int64_t last, float* scratch) {
+    table.scatter_f32(args, grad, numel, grad_weight, accumulate, first, last, scratch);
   });
   scatter_generic(args, grad, numel, grad_weight, accumulate, begin);
 }
@@ -175,7 +178,7 @@ at::Tensor mixing_weights(const at::Tensor& seed, int64_t offset, int64_t expans
   float* o = out.mutable_data_ptr<float>();
   for_each_mixed_block<float>(args, 0, numel, [&](int64_t first, int64_t lanes, const float* mix) {
     for (int64_t k = 0; k < expansion; ++k)
-      for (int64_t l = 0; l < lanes; ++l) o[k * numel + first + l] = mix[k * kLanes + l];
+      for (int64_t l = 0; l < lanes; ++l) o[k * numel + first + l] = mix[k * lanes + l];
   });
   return out;
 }

@@ -6,9 +6,9 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "kernel_table.h"
+#include "majority_kernels/mixing.h"
 
 namespace majority_kernels {
 namespace cpu {
@@ -17,17 +17,15 @@ namespace cpu {
 // environment variable MK_CPU_CAPABILITY (avx512, avx2 or portable: to test and time the lower ones).
 const KernelTable& kernels();
 
-// Float64 tensors mix in double; every other dtype in float.
-template <typename scalar_t>
-using math_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-// mix[k * kLanes + l] = P[k, first + l], in the math type.
-inline void compute_mixing(const KernelTable& table, const MixingArgs& args, int64_t first, float* mix) {
-  table.mixing_f32(args, first, mix);
+// mix[k * lanes + l] = P[k, first + l], in the math type (math_t of mixing.h).
+inline void compute_mixing(const KernelTable& table, const MixingArgs& args, int64_t first, int64_t lanes,
+                           float* mix) {
+  table.mixing_f32(args, first, lanes, mix);
 }
 
-inline void compute_mixing(const KernelTable& table, const MixingArgs& args, int64_t first, double* mix) {
-  table.mixing_f64(args, first, mix);
+inline void compute_mixing(const KernelTable& table, const MixingArgs& args, int64_t first, int64_t lanes,
+                           double* mix) {
+  table.mixing_f64(args, first, lanes, mix);
 }
 
 // Blocks of kLanes elements per task at least, enough to amortise the scheduling.
