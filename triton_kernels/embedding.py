@@ -48,8 +48,8 @@ def scatter_add_kernel(grad_ptr, indices_ptr, out_ptr, seed_ptr, offset, lookups
                        BLOCK_COLUMNS: tl.constexpr):
     index, position, _, in_table = _lookup_tile(indices_ptr, lookups, rows, dim, BLOCK_LOOKUPS, BLOCK_COLUMNS)
     grad = tl.load(grad_ptr + position, mask=in_table, other=0.0)
-    spread(out_ptr, tl.cast(rows, tl.int64) * dim, index[None, :, :], in_table[None, :, :], grad[None, :, :],
-           tl.load(seed_ptr), offset, index[None, :, :], EXPANSION, MATH64, ATOMIC_ADD)
+    spread(out_ptr, tl.cast(rows, tl.int64) * dim, index, in_table, grad, tl.load(seed_ptr), offset, index,
+           EXPANSION, MATH64, ATOMIC_ADD)
 
 
 def _grid_and_blocks(lookups: int, dim: int) -> tuple[tuple[int, int], dict]:

@@ -1,22 +1,23 @@
-"""The mixing weights of DESIGN.md section 4 in Triton: the only copy of the RNG math on this backend.
+"""The mixing weights of docs/design.md section 4 (spec v2) in Triton: the only copy of the RNG math on this backend.
 
-For flat element index i (int64) and copy k of `EXPANSION` copies, with GROUPS = ceil(EXPANSION / 4):
-counter c = offset + i * GROUPS + k // 4 (int64, wrapping), u = word k % 4 of Philox4x32-10 keyed by the 64-bit
-seed on the counter words (c mod 2^32, c >> 32, 0, 0) through Triton's uint_to_uniform_float (what tl.rand4x(seed,
-c) gives from Triton 3.4 on), g = -log(1 - u), P = g / sum g (1 / EXPANSION where the sum is 0). Float32 math;
-float64 (`MATH64`) where a kernel reads or writes float64, so that float64 results match the float64 reference (and
-the CPU backend) to float64 rounding.
+For flat element index i (int64) and `EXPANSION` = e copies: m = e - 1 uniforms per element, R = ceil(m / 4)
+counters; uniform j is word j % 4 of Philox4x32-7 keyed by the 64-bit seed on the counter words
+(c mod 2^32, c >> 32, 0, 0), c = offset + i * R + j // 4 (int64, wrapping), through Triton's
+uint_to_uniform_float. P is the spacings of the sorted uniforms: P_0 = v_0, P_k = v_k - v_{k-1}, P_{e-1} =
+1 - v_{m-1}. e = 1 draws nothing (P = 1). The gaps are taken in float32, float64 (`MATH64`) where a kernel reads or
+writes float64 (there they are exact), so float64 results match the float64 reference to float64 rounding.
 
-Two ways to apply P, both single-pass over the Philox calls: no draw is computed twice, since on large GPUs the
-draws rather than the memory traffic may well bound these kernels (sm_90 builds of combine and scatter run about
-200 instructions per element at e = 4).
+Two ways to apply P, each a single pass over the draws:
 
-* `mix`: sum_k P_k * w_k, evaluated as (sum_k g_k * w_k) / sum_k g_k, copy by copy in unrolled loops: no P is
-  held, copies >= EXPANSION are skipped at compile time. Combine, the fused GEMM's weight tile, the embedding
-  gather.
-* `spread`: out[k] = P_k * value for every copy, which needs the sum before the first store. The draws of all
-  copies are held at once: one row per copy group ("group rows", a leading axis of next_power_of_2(GROUPS)) and
-  one tensor per Philox word. Scatter, mixing_weights, the fused dW epilogue, the embedding gradient.
+* `mix`: sum_k P_k * w_k, copy by copy. Combine, the fused GEMM's weight tile, the embedding gather.
+* `spread`: out[k] = P_k * value for every copy (written, added, or added atomically). Scatter, mixing_weights,
+  the fused dW epilogue, the embedding gradient.
+
+Expansions up to MAX_FIXED_EXPANSION sort their m <= 8 uniforms in registers with an unrolled sorting network
+(each uniform a tensor of its own: Triton 3.0 has no arrays of tensors). Larger ones take the generic form: each
+uniform's rank among the element's uniforms and the largest one ranked below it give its gap and the copy it
+belongs to, in loops over the counters; slower (O(m^2) compares, O(R^2) Philox calls per element), but exact and
+for any e.
 """
 
 import triton
@@ -30,64 +31,173 @@ STORE: tl.constexpr = tl.constexpr(0)
 ADD: tl.constexpr = tl.constexpr(1)
 ATOMIC_ADD: tl.constexpr = tl.constexpr(2)
 
-
-@triton.jit
-def _log1p_nonpositive(y):
-    """log1p(y) for float32 y in (-1, 0], within ~1 ulp, by the same reduction as the C++ backends
-    (csrc/include/majority_kernels/mixing.h): 1 + y = 2^k (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)), f computed
-    exactly as y * 2^-k + (2^-k - 1), and log(1 + f) = f - f^2 / 2 + f^3 p(f). Neither libdevice (absent from the
-    interpreter) nor log(1 - u) (inaccurate for small u, which would bias small P) is needed."""
-    z = 1.0 + y  # rounded: it only picks k
-    # Adding 1 - sqrt(1/2) to the mantissa bits moves the split of the exponent from 1 to sqrt(1/2).
-    z_bits = z.to(tl.uint32, bitcast=True) + (0x3F800000 - 0x3F3504F3)
-    k_field = (z_bits & 0x7F800000).to(tl.int32) - (127 << 23)  # k * 2^23, k <= 0
-    s = ((127 << 23) - k_field).to(tl.float32, bitcast=True)  # 2^-k
-    f = y * s + (s - 1.0)
-    p = 8.7003216147e-02
-    p = p * f - 1.4267301559e-01
-    p = p * f + 1.4914725721e-01
-    p = p * f - 1.6577604413e-01
-    p = p * f + 1.9963069260e-01
-    p = p * f - 2.5001335144e-01
-    p = p * f + 3.3333909512e-01
-    log_m = f + (f * f) * (f * p - 0.5)
-    return k_field.to(tl.float32) * (0.69314718056 / 8388608.0) + log_m
+PHILOX_ROUNDS: tl.constexpr = tl.constexpr(7)
+# The largest expansion with the sorting network (as kMaxFixedExpansion in the C++ header).
+MAX_FIXED_EXPANSION: tl.constexpr = tl.constexpr(9)
 
 
 @triton.jit
-def exponential(u, MATH64: tl.constexpr):
-    """g = -log(1 - u): an Exp(1) draw from the uniform u in [0, 1), float32 (float64 if MATH64)."""
-    if MATH64:
-        u64 = u.to(tl.float64)
-        w = 1.0 - u64
-        # log1p(-u) = log(w) * -u / (w - 1) recovers what rounding w lost; w == 1 only where u == 0.
-        g = tl.where(w == 1.0, u64, -tl.log(w) * (u64 / (1.0 - w)))
-    else:
-        g = -_log1p_nonpositive(-u)
-    return g
-
-
-@triton.jit
-def uniforms(seed, offset, index, group, EXPANSION: tl.constexpr):
-    """The four uniforms of copies 4 * group .. 4 * group + 3 at the flat element indices `index` (int64);
-    `group` is an int or a tensor broadcasting against index."""
-    GROUPS: tl.constexpr = (EXPANSION + 3) // 4
-    counter = offset + index * GROUPS + group
+def group_uniforms(seed, offset, index, group, EXPANSION: tl.constexpr):
+    """The four uniforms of counter group `group` (uniforms 4 * group .. 4 * group + 3) at the flat element
+    indices `index` (int64)."""
+    COUNTERS: tl.constexpr = (EXPANSION + 2) // 4
+    counter = offset + index * COUNTERS + group
     # The 64-bit counter's two halves go to Philox's first two words by hand: tl.randint4x does that only from
     # Triton 3.4 on (before, it ran a 64-bit-word Philox on int64 offsets: another stream).
     low = counter.to(tl.uint32)
     high = (counter >> 32).to(tl.uint32)
     zero = low * 0
-    w0, w1, w2, w3 = tl.philox(seed, low, high, zero, zero)
+    w0, w1, w2, w3 = tl.philox(seed, low, high, zero, zero, n_rounds=PHILOX_ROUNDS)
     return (tl.uint_to_uniform_float(w0), tl.uint_to_uniform_float(w1), tl.uint_to_uniform_float(w2),
             tl.uint_to_uniform_float(w3))
 
 
 @triton.jit
-def _mix_copy(weighted, total, plain, u, copy_ptr, mask, MATH64: tl.constexpr):
-    g = exponential(u, MATH64)
-    w = tl.load(copy_ptr, mask=mask, other=0.0).to(total.dtype)
-    return weighted + g * w, total + g, plain + w
+def _exchange(a, b):
+    return tl.minimum(a, b), tl.maximum(a, b)
+
+
+@triton.jit
+def _sorted_uniforms(seed, offset, index, M: tl.constexpr):
+    """v0 <= ... <= v7: the element's M <= 8 uniforms sorted (the wires from M up hold 1.0 and are never read).
+    Batcher's odd-even merge sort on 8 wires, the comparators that reach wire M or above dropped: the same network
+    as the C++ header's for_each_comparator."""
+    v0, v1, v2, v3 = group_uniforms(seed, offset, index, 0, M + 1)
+    if M > 4:
+        v4, v5, v6, v7 = group_uniforms(seed, offset, index, 1, M + 1)
+    else:
+        v4 = tl.full(v0.shape, 1.0, tl.float32)
+        v5 = v4
+        v6 = v4
+        v7 = v4
+    if M > 1:
+        v0, v1 = _exchange(v0, v1)
+    if M > 3:
+        v2, v3 = _exchange(v2, v3)
+    if M > 5:
+        v4, v5 = _exchange(v4, v5)
+    if M > 7:
+        v6, v7 = _exchange(v6, v7)
+    if M > 2:
+        v0, v2 = _exchange(v0, v2)
+    if M > 3:
+        v1, v3 = _exchange(v1, v3)
+    if M > 6:
+        v4, v6 = _exchange(v4, v6)
+    if M > 7:
+        v5, v7 = _exchange(v5, v7)
+    if M > 2:
+        v1, v2 = _exchange(v1, v2)
+    if M > 6:
+        v5, v6 = _exchange(v5, v6)
+    if M > 4:
+        v0, v4 = _exchange(v0, v4)
+    if M > 5:
+        v1, v5 = _exchange(v1, v5)
+    if M > 6:
+        v2, v6 = _exchange(v2, v6)
+    if M > 7:
+        v3, v7 = _exchange(v3, v7)
+    if M > 4:
+        v2, v4 = _exchange(v2, v4)
+    if M > 5:
+        v3, v5 = _exchange(v3, v5)
+    if M > 2:
+        v1, v2 = _exchange(v1, v2)
+    if M > 4:
+        v3, v4 = _exchange(v3, v4)
+    if M > 6:
+        v5, v6 = _exchange(v5, v6)
+    return v0, v1, v2, v3, v4, v5, v6, v7
+
+
+@triton.jit
+def _wire(k: tl.constexpr, M: tl.constexpr, v0, v1, v2, v3, v4, v5, v6, v7):
+    """v_k of the sorted uniforms, with v_m = 1 (k is a compile-time wire number in [0, M])."""
+    if k == M:
+        value = tl.full(v0.shape, 1.0, tl.float32)
+    elif k == 0:
+        value = v0
+    elif k == 1:
+        value = v1
+    elif k == 2:
+        value = v2
+    elif k == 3:
+        value = v3
+    elif k == 4:
+        value = v4
+    elif k == 5:
+        value = v5
+    elif k == 6:
+        value = v6
+    else:
+        value = v7
+    return value
+
+
+@triton.jit
+def _math(x, MATH64: tl.constexpr):
+    if MATH64:
+        x = x.to(tl.float64)
+    return x
+
+
+@triton.jit
+def _fixed_gap(k: tl.constexpr, M: tl.constexpr, v0, v1, v2, v3, v4, v5, v6, v7, MATH64: tl.constexpr):
+    """P_k = v_k - v_{k-1} (v_{-1} = 0, v_m = 1) in the math type."""
+    upper = _math(_wire(k, M, v0, v1, v2, v3, v4, v5, v6, v7), MATH64)
+    if k == 0:
+        gap = upper
+    else:
+        gap = upper - _math(_wire(k - 1, M, v0, v1, v2, v3, v4, v5, v6, v7), MATH64)
+    return gap
+
+
+@triton.jit
+def _pick(a: tl.constexpr, x0, x1, x2, x3):
+    if a == 0:
+        x = x0
+    elif a == 1:
+        x = x1
+    elif a == 2:
+        x = x2
+    else:
+        x = x3
+    return x
+
+
+@triton.jit
+def _rank_step(rank, below, uj, j, ui0, ui1, ui2, ui3, first_i, M: tl.constexpr):
+    """Adds to the rank of uniform j (value uj) the uniforms first_i .. first_i + 3 ranked below it (smaller, or
+    equal with a smaller number) and keeps the largest of them in `below`."""
+    for b in tl.static_range(4):
+        ui = _pick(b, ui0, ui1, ui2, ui3)
+        i = first_i + b
+        ranked_below = (i < M) & ((ui < uj) | ((ui == uj) & (i < j)))
+        rank += ranked_below.to(tl.int32)
+        below = tl.where(ranked_below & (ui > below), ui, below)
+    return rank, below
+
+
+@triton.jit
+def _ranks(seed, offset, index, group_j, EXPANSION: tl.constexpr):
+    """For the uniforms 4 * group_j + a (a < 4) of the generic form: their ranks and the largest uniform ranked
+    below each (see the module docstring); uniforms past m get meaningless values, which callers mask."""
+    M: tl.constexpr = EXPANSION - 1
+    COUNTERS: tl.constexpr = (EXPANSION + 2) // 4
+    uj0, uj1, uj2, uj3 = group_uniforms(seed, offset, index, group_j, EXPANSION)
+    zero_rank = tl.zeros(index.shape, tl.int32)
+    zero = tl.zeros(index.shape, tl.float32)
+    r0, r1, r2, r3, b0, b1, b2, b3 = zero_rank, zero_rank, zero_rank, zero_rank, zero, zero, zero, zero
+    j = group_j * 4
+    for group_i in range(0, COUNTERS):
+        ui0, ui1, ui2, ui3 = group_uniforms(seed, offset, index, group_i, EXPANSION)
+        first_i = group_i * 4
+        r0, b0 = _rank_step(r0, b0, uj0, j, ui0, ui1, ui2, ui3, first_i, M)
+        r1, b1 = _rank_step(r1, b1, uj1, j + 1, ui0, ui1, ui2, ui3, first_i, M)
+        r2, b2 = _rank_step(r2, b2, uj2, j + 2, ui0, ui1, ui2, ui3, first_i, M)
+        r3, b3 = _rank_step(r3, b3, uj3, j + 3, ui0, ui1, ui2, ui3, first_i, M)
+    return uj0, uj1, uj2, uj3, r0, r1, r2, r3, b0, b1, b2, b3
 
 
 @triton.jit
@@ -95,29 +205,32 @@ def mix(weight_ptr, copy_stride, offsets, mask, seed, offset, index, EXPANSION: 
         MATH64: tl.constexpr):
     """sum_k P_k * weight_ptr[k * copy_stride + offsets] (masked loads), P_k at the flat indices `index`; in
     float32 (float64 if MATH64). offsets and index have the same shape; copy_stride is an int64 scalar."""
-    GROUPS: tl.constexpr = (EXPANSION + 3) // 4
+    M: tl.constexpr = EXPANSION - 1
     MATH_DTYPE: tl.constexpr = tl.float64 if MATH64 else tl.float32
-    weighted = tl.zeros(index.shape, MATH_DTYPE)
-    total = tl.zeros(index.shape, MATH_DTYPE)
-    plain = tl.zeros(index.shape, MATH_DTYPE)  # sum_k w_k, for the uniform P of a zero sum
-    for group in tl.static_range(GROUPS):
-        u0, u1, u2, u3 = uniforms(seed, offset, index, group, EXPANSION)
-        copy_ptr = weight_ptr + (4 * group) * copy_stride + offsets
-        weighted, total, plain = _mix_copy(weighted, total, plain, u0, copy_ptr, mask, MATH64)
-        if 4 * group + 1 < EXPANSION:
-            weighted, total, plain = _mix_copy(weighted, total, plain, u1, copy_ptr + copy_stride, mask, MATH64)
-        if 4 * group + 2 < EXPANSION:
-            weighted, total, plain = _mix_copy(weighted, total, plain, u2, copy_ptr + 2 * copy_stride, mask,
-                                               MATH64)
-        if 4 * group + 3 < EXPANSION:
-            weighted, total, plain = _mix_copy(weighted, total, plain, u3, copy_ptr + 3 * copy_stride, mask,
-                                               MATH64)
-    return tl.where(total > 0, weighted / total, plain / EXPANSION)
-
-
-@triton.jit
-def _group_word(u, copy, EXPANSION: tl.constexpr, MATH64: tl.constexpr):
-    return tl.where(copy < EXPANSION, exponential(u, MATH64), 0.0)
+    if M == 0:
+        acc = tl.load(weight_ptr + offsets, mask=mask, other=0.0).to(MATH_DTYPE)
+    elif EXPANSION <= MAX_FIXED_EXPANSION:
+        v0, v1, v2, v3, v4, v5, v6, v7 = _sorted_uniforms(seed, offset, index, M)
+        acc = tl.zeros(index.shape, MATH_DTYPE)
+        for k in tl.static_range(EXPANSION):
+            w = tl.load(weight_ptr + k * copy_stride + offsets, mask=mask, other=0.0).to(MATH_DTYPE)
+            acc += _fixed_gap(k, M, v0, v1, v2, v3, v4, v5, v6, v7, MATH64) * w
+    else:
+        COUNTERS: tl.constexpr = (EXPANSION + 2) // 4
+        acc = tl.zeros(index.shape, MATH_DTYPE)
+        largest = tl.zeros(index.shape, tl.float32)
+        for group_j in range(0, COUNTERS):
+            uj0, uj1, uj2, uj3, r0, r1, r2, r3, b0, b1, b2, b3 = _ranks(seed, offset, index, group_j, EXPANSION)
+            for a in tl.static_range(4):
+                real = group_j * 4 + a < M
+                uj = _pick(a, uj0, uj1, uj2, uj3)
+                w = tl.load(weight_ptr + _pick(a, r0, r1, r2, r3) * copy_stride + offsets, mask=mask & real,
+                            other=0.0).to(MATH_DTYPE)
+                acc += tl.where(real, (_math(uj, MATH64) - _math(_pick(a, b0, b1, b2, b3), MATH64)) * w, 0.0)
+                largest = tl.where(real & (uj > largest), uj, largest)
+        last = tl.load(weight_ptr + M * copy_stride + offsets, mask=mask, other=0.0).to(MATH_DTYPE)
+        acc += (1.0 - _math(largest, MATH64)) * last
+    return acc
 
 
 # The interpreter narrows float32 to bfloat16 by truncation (and float64 to bfloat16 wrongly): there the
@@ -156,26 +269,26 @@ def _put(ptr, value, mask, MODE: tl.constexpr):
 def spread(out_ptr, copy_stride, offsets, mask, value, seed, offset, index, EXPANSION: tl.constexpr,
            MATH64: tl.constexpr, MODE: tl.constexpr):
     """out_ptr[k * copy_stride + offsets] (=, += or atomic +=, per MODE) P_k * value for every copy k, P_k at the
-    flat indices `index`. offsets, mask, value and index carry a leading axis of size 1, the group-row axis."""
-    GROUPS: tl.constexpr = (EXPANSION + 3) // 4
-    GROUP_ROWS: tl.constexpr = triton.next_power_of_2(GROUPS)
-    group = tl.arange(0, GROUP_ROWS)
-    for _ in tl.static_range(len(index.shape) - 1):
-        group = tl.expand_dims(group, 1)
-    u0, u1, u2, u3 = uniforms(seed, offset, index, group, EXPANSION)
-    # Padding rows (GROUP_ROWS > GROUPS) get copy numbers >= EXPANSION: no draws, no stores.
-    first = tl.where(group < GROUPS, 4 * group, EXPANSION)
-    g0 = _group_word(u0, first, EXPANSION, MATH64)
-    g1 = _group_word(u1, first + 1, EXPANSION, MATH64)
-    g2 = _group_word(u2, first + 2, EXPANSION, MATH64)
-    g3 = _group_word(u3, first + 3, EXPANSION, MATH64)
-    total = tl.expand_dims(tl.sum(g0 + g1 + g2 + g3, axis=0), 0)
-    value = value.to(total.dtype)
-    # P_k * value = g_k * (value / total); a zero sum (every g_k = 0) gives value / EXPANSION instead.
-    ratio = tl.where(total > 0, value / total, 0.0)
-    uniform = tl.where(total > 0, 0.0, value / EXPANSION)
-    ptr = out_ptr + first * copy_stride + offsets
-    _put(ptr, g0 * ratio + uniform, mask & (first < EXPANSION), MODE)
-    _put(ptr + copy_stride, g1 * ratio + uniform, mask & (first + 1 < EXPANSION), MODE)
-    _put(ptr + 2 * copy_stride, g2 * ratio + uniform, mask & (first + 2 < EXPANSION), MODE)
-    _put(ptr + 3 * copy_stride, g3 * ratio + uniform, mask & (first + 3 < EXPANSION), MODE)
+    flat indices `index` (offsets, mask, value and index of one shape)."""
+    M: tl.constexpr = EXPANSION - 1
+    MATH_DTYPE: tl.constexpr = tl.float64 if MATH64 else tl.float32
+    value = value.to(MATH_DTYPE)
+    if M == 0:
+        _put(out_ptr + offsets, value, mask, MODE)
+    elif EXPANSION <= MAX_FIXED_EXPANSION:
+        v0, v1, v2, v3, v4, v5, v6, v7 = _sorted_uniforms(seed, offset, index, M)
+        for k in tl.static_range(EXPANSION):
+            _put(out_ptr + k * copy_stride + offsets, _fixed_gap(k, M, v0, v1, v2, v3, v4, v5, v6, v7, MATH64) * value,
+                 mask, MODE)
+    else:
+        COUNTERS: tl.constexpr = (EXPANSION + 2) // 4
+        largest = tl.zeros(index.shape, tl.float32)
+        for group_j in range(0, COUNTERS):
+            uj0, uj1, uj2, uj3, r0, r1, r2, r3, b0, b1, b2, b3 = _ranks(seed, offset, index, group_j, EXPANSION)
+            for a in tl.static_range(4):
+                real = group_j * 4 + a < M
+                uj = _pick(a, uj0, uj1, uj2, uj3)
+                gap = _math(uj, MATH64) - _math(_pick(a, b0, b1, b2, b3), MATH64)
+                _put(out_ptr + _pick(a, r0, r1, r2, r3) * copy_stride + offsets, gap * value, mask & real, MODE)
+                largest = tl.where(real & (uj > largest), uj, largest)
+        _put(out_ptr + M * copy_stride + offsets, (1.0 - _math(largest, MATH64)) * value, mask, MODE)

@@ -8,7 +8,7 @@ import triton.language as tl
 
 from .mixing import ADD, STORE, spread
 
-# See combine.BLOCK; here each thread holds the draws of all copies of its elements.
+# See combine.BLOCK; here each thread holds the sorted draws of its elements.
 BLOCK = 1024
 NUM_WARPS = 4
 
@@ -16,7 +16,7 @@ NUM_WARPS = 4
 @triton.jit(do_not_specialize=["offset"])
 def scatter_kernel(grad_ptr, out_ptr, seed_ptr, offset, numel, EXPANSION: tl.constexpr, MATH64: tl.constexpr,
                    MODE: tl.constexpr, HAS_GRAD: tl.constexpr, BLOCK: tl.constexpr):
-    index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)[None, :]
+    index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_bounds = index < numel
     if HAS_GRAD:
         value = tl.load(grad_ptr + index, mask=in_bounds, other=0.0)

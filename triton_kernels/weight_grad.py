@@ -38,9 +38,8 @@ def weight_grad_kernel(grad_ptr, x_ptr, out_ptr, seed_ptr, offset, M, N, K, stri
         acc = dot(grad_t, x, acc, UPCAST_16BIT, INPUT_PRECISION)
     index = ns[:, None] * K + ks[None, :]
     mask = n_in[:, None] & k_in[None, :]
-    # The copy-group axis of spread leads.
-    spread(out_ptr, tl.cast(N, tl.int64) * K, index[None, :, :], mask[None, :, :], acc[None, :, :],
-           tl.load(seed_ptr), offset, index[None, :, :], EXPANSION, MATH64, MODE)
+    spread(out_ptr, tl.cast(N, tl.int64) * K, index, mask, acc, tl.load(seed_ptr), offset, index, EXPANSION, MATH64,
+           MODE)
 
 
 def _tuned(restore_out: bool):
