@@ -102,7 +102,8 @@ def _extensions():
             "majority_kernels._C",
             sources + cuda_sources,
             include_dirs=include_dirs,
-            # No --use_fast_math: the Exp(1) draws need IEEE log1pf and division to match the other backends.
+            # No --use_fast_math: it flushes denormals to zero, and the products P_k * w must round as on the other
+            # backends.
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             extra_link_args=link_flags,
         )

@@ -5,24 +5,29 @@
 
 namespace {
 
+using majority_kernels::MixingArgs;
 using majority_kernels::cuda::combine_at;
+using majority_kernels::cuda::dispatch_expansion;
 using majority_kernels::cuda::kVectorBytes;
-using majority_kernels::cuda::Mixing;
 using majority_kernels::cuda::scatter_at;
 
 template <typename T>
 void combine(uint64_t seed, uint64_t offset, int64_t expansion, const T* weight, T* out, int64_t numel, int vector) {
-  const Mixing m{seed, offset, expansion};
-  for (int64_t pack = 0; pack * static_cast<int64_t>(kVectorBytes / sizeof(T)) < numel; ++pack)
-    combine_at(m, weight, out, numel, pack, vector != 0);
+  const MixingArgs m{seed, offset, expansion};
+  dispatch_expansion(expansion, [&](auto fixed) {
+    for (int64_t pack = 0; pack * static_cast<int64_t>(kVectorBytes / sizeof(T)) < numel; ++pack)
+      combine_at<decltype(fixed)::value>(m, weight, out, numel, pack, vector != 0);
+  });
 }
 
 template <typename T>
 void scatter(uint64_t seed, uint64_t offset, int64_t expansion, const T* grad, T* grad_weight, int64_t numel,
              int accumulate, int vector) {
-  const Mixing m{seed, offset, expansion};
-  for (int64_t pack = 0; pack * static_cast<int64_t>(kVectorBytes / sizeof(T)) < numel; ++pack)
-    scatter_at(m, grad, grad_weight, numel, pack, accumulate != 0, vector != 0);
+  const MixingArgs m{seed, offset, expansion};
+  dispatch_expansion(expansion, [&](auto fixed) {
+    for (int64_t pack = 0; pack * static_cast<int64_t>(kVectorBytes / sizeof(T)) < numel; ++pack)
+      scatter_at<decltype(fixed)::value>(m, grad, grad_weight, numel, pack, accumulate != 0, vector != 0);
+  });
 }
 
 }  // namespace

@@ -11,7 +11,8 @@ from majority_kernels import backends
 CPU_BACKENDS = mk.available_backends("cpu")
 FAST_CPU_BACKENDS = [name for name in CPU_BACKENDS if name != "reference"]
 
-EXPANSIONS = [1, 2, 3, 4, 5, 8]
+# 9: the largest with the unrolled sorting network; 11: the generic form beyond it.
+EXPANSIONS = [1, 2, 3, 4, 5, 8, 9, 11]
 
 
 def _triton_float64_dot() -> bool:

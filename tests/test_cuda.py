@@ -29,7 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 OPS = torch.ops.majority_kernels if ops.HAS_EXTENSION else None
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 # 1..4: one Philox group of draws in registers; from 5 on, several groups and a two-pass scatter.
-GPU_EXPANSIONS = [1, 2, 3, 4, 5, 6, 7, 8, 11]
+GPU_EXPANSIONS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 16]
 # 1, primes, around the 16-byte packs (4 float32 / 8 half floats), and one spanning many blocks.
 SHAPES = [(1,), (3,), (8,), (13, 17), (4, 33), (263, 1031)]
 OP_NAMES = ["combine", "scatter", "scatter_add_", "mixing_weights", "embedding_combine", "embedding_scatter_add_",
@@ -133,7 +133,7 @@ def _vector_ok(tensors, numel, expansion, lanes):
 @pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
 @pytest.mark.parametrize("numel", [1, 3, 8, 37])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("expansion", [1, 2, 3, 4, 5, 8, 11])
+@pytest.mark.parametrize("expansion", [1, 2, 3, 4, 5, 8, 9, 11, 16])
 def test_pack_bodies_match_reference(pack_host, expansion, dtype, numel, misaligned, generator):
     lanes = 16 // dtype.itemsize
     seed, offset = random_seed(generator), _offset(generator)

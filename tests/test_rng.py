@@ -55,7 +55,7 @@ def test_mixing_weights_shape_device_dtype():
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("expansion", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("expansion", [2, 3, 4, 5, 8, 16])
 def test_dirichlet_statistics(backend, expansion, generator):
     n = 200_000
     with mk.use_backend(backend):

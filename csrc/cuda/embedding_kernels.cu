@@ -19,13 +19,13 @@ namespace cuda {
 namespace {
 
 // out[l, d] = sum_k P[k, r * dim + d] * weight[k, r, d] with r = indices[l], in the math type.
-template <typename scalar_t>
+template <int E, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     embedding_combine_kernel(const scalar_t* weight, const int64_t* indices, math_t<scalar_t>* out, int64_t lookups,
                              int64_t rows, int64_t dim, const int64_t* seed, uint64_t offset, int64_t expansion,
                              bool vector) {
   constexpr int N = kVectorBytes / sizeof(scalar_t);
-  const Mixing m = load_mixing(seed, offset, expansion);
+  const MixingArgs m = load_mixing(seed, offset, expansion);
   const int64_t packs_per_row = (dim + N - 1) / N;
   const int64_t packs = lookups * packs_per_row;
   for (int64_t pack = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack < packs;
@@ -38,20 +38,20 @@ __global__ void __launch_bounds__(kThreads)
     const bool full = vector && valid == N;
     const int64_t element = row * dim + d;
     math_t<scalar_t> mixed[N];
-    mix_pack<N>(m, weight + element, rows * dim, element, valid, full, mixed);
+    mix_pack<E, N>(m, weight + element, rows * dim, element, valid, full, mixed);
     store_pack<N>(out + lookup * dim + d, mixed, valid, full);
   }
 }
 
 // grad_weight[k, r, d] += P[k, r * dim + d] * grad[l, d] with r = indices[l]; atomic, as rows repeat.
-template <typename scalar_t>
+template <int E, typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     embedding_scatter_add_kernel(const math_t<scalar_t>* grad, const int64_t* indices, scalar_t* grad_weight,
                                  int64_t lookups, int64_t rows, int64_t dim, const int64_t* seed, uint64_t offset,
                                  int64_t expansion, bool vector) {
   constexpr int N = kVectorBytes / sizeof(scalar_t);
   using T = math_t<scalar_t>;
-  const Mixing m = load_mixing(seed, offset, expansion);
+  const MixingArgs m = load_mixing(seed, offset, expansion);
   const int64_t packs_per_row = (dim + N - 1) / N;
   const int64_t packs = lookups * packs_per_row;
   for (int64_t pack = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack < packs;
@@ -63,16 +63,20 @@ __global__ void __launch_bounds__(kThreads)
     const int valid = static_cast<int>(min(static_cast<int64_t>(N), dim - d));
     const Pack<T, N> values = load_pack<N>(grad + lookup * dim + d, valid, vector && valid == N);
     const int64_t element = row * dim + d;
-    scatter_pack<N>(m, element, values.v, [&](int64_t first, T (&mixed)[N][kGroup]) {
+    scalar_t* target = grad_weight + element;
+    const int64_t copy_stride = rows * dim;
+    scatter_pack<E, N>(
+        m, element, values.v, valid,
+        [&](auto& mixed) {
 #pragma unroll
-      for (int c = 0; c < kGroup; ++c) {
-        if (first + c >= m.expansion) continue;
-        scalar_t* target = grad_weight + (first + c) * rows * dim + element;
+          for (int k = 0; k < E; ++k)
 #pragma unroll
-        for (int j = 0; j < N; ++j)
-          if (j < valid) gpuAtomicAddNoReturn(target + j, static_cast<scalar_t>(mixed[j][c]));
-      }
-    });
+            for (int j = 0; j < N; ++j)
+              if (j < valid) gpuAtomicAddNoReturn(target + k * copy_stride + j, static_cast<scalar_t>(mixed[k][j]));
+        },
+        [&](int64_t k, int j, T value) {
+          gpuAtomicAddNoReturn(target + k * copy_stride + j, static_cast<scalar_t>(value));
+        });
   }
 }
 
@@ -109,11 +113,13 @@ at::Tensor embedding_combine(const at::Tensor& weight, const at::Tensor& indices
       out_t* o = out.mutable_data_ptr<out_t>();
       const bool vector =
           is_aligned(w, alignof(Pack<scalar_t, N>)) && is_aligned(o, alignof(Pack<out_t, N>)) && dim % N == 0;
-      embedding_combine_kernel<scalar_t>
-          <<<blocks_for(lookups * ((dim + N - 1) / N)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-              w, rows_looked_up.const_data_ptr<int64_t>(), o, lookups, rows, dim, seed_ptr,
-              static_cast<uint64_t>(offset), expansion, vector);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dispatch_expansion(expansion, [&](auto fixed) {
+        embedding_combine_kernel<decltype(fixed)::value, scalar_t>
+            <<<blocks_for(lookups * ((dim + N - 1) / N)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                w, rows_looked_up.const_data_ptr<int64_t>(), o, lookups, rows, dim, seed_ptr,
+                static_cast<uint64_t>(offset), expansion, vector);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   }
   return out.to(dtype);
@@ -147,11 +153,13 @@ void embedding_scatter_add_(at::Tensor& grad_weight, const at::Tensor& grad, con
     constexpr int N = kVectorBytes / sizeof(scalar_t);
     const T* gp = g.const_data_ptr<T>();
     const bool vector = is_aligned(gp, alignof(Pack<T, N>)) && dim % N == 0;
-    embedding_scatter_add_kernel<scalar_t>
-        <<<blocks_for(lookups * ((dim + N - 1) / N)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            gp, rows_looked_up.const_data_ptr<int64_t>(), grad_weight.mutable_data_ptr<scalar_t>(), lookups, rows,
-            dim, seed_ptr, static_cast<uint64_t>(offset), expansion, vector);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dispatch_expansion(expansion, [&](auto fixed) {
+      embedding_scatter_add_kernel<decltype(fixed)::value, scalar_t>
+          <<<blocks_for(lookups * ((dim + N - 1) / N)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              gp, rows_looked_up.const_data_ptr<int64_t>(), grad_weight.mutable_data_ptr<scalar_t>(), lookups, rows,
+              dim, seed_ptr, static_cast<uint64_t>(offset), expansion, vector);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 

@@ -26,14 +26,14 @@ constexpr int kWarpSize = 32;
 constexpr int kWarpsPerBlock = kThreads / kWarpSize;
 
 // out[r, n] = sum_i input[r, i] * W_eff[n, i] + bias[n] for the rows r of the tile blockIdx.y.
-template <typename w_t, typename x_t>
+template <int E, typename w_t, typename x_t>
 __global__ void __launch_bounds__(kThreads)
     mixed_linear_kernel(const x_t* input, const w_t* weight, const math_t<w_t>* bias, x_t* out, int64_t rows,
                         int64_t features_out, int64_t features_in, const int64_t* seed, uint64_t offset,
                         int64_t expansion, bool vector_weight, bool vector_input) {
   using T = math_t<w_t>;
   constexpr int N = kVectorBytes / sizeof(w_t);
-  const Mixing m = load_mixing(seed, offset, expansion);
+  const MixingArgs m = load_mixing(seed, offset, expansion);
   const int lane = threadIdx.x % kWarpSize;
   const int64_t first_row = static_cast<int64_t>(blockIdx.y) * kRowsPerTile;
   const int tile_rows = static_cast<int>(min(static_cast<int64_t>(kRowsPerTile), rows - first_row));
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t i = static_cast<int64_t>(lane) * N; i < features_in; i += kWarpSize * N) {
       const int valid = static_cast<int>(min(static_cast<int64_t>(N), features_in - i));
       T mixed[N];
-      mix_pack<N>(m, weight + row_start + i, copy_stride, row_start + i, valid, vector_weight && valid == N, mixed);
+      mix_pack<E, N>(m, weight + row_start + i, copy_stride, row_start + i, valid, vector_weight && valid == N, mixed);
 #pragma unroll
       for (int r = 0; r < kRowsPerTile; ++r) {
         if (r >= tile_rows) break;
@@ -117,10 +117,13 @@ at::Tensor mixed_linear(const at::Tensor& input, const at::Tensor& weight, const
     // Row n of copy k starts at (k * out_features + n) * in_features: aligned packs need in_features % N == 0.
     const bool vector_weight = is_aligned(w, alignof(Pack<w_t, N>)) && features_in % N == 0;
     const bool vector_input = is_aligned(xp, alignof(Pack<x_t, N>)) && features_in % N == 0;
-    mixed_linear_kernel<w_t, x_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        xp, w, bias.has_value() ? bias_values.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<x_t>(), rows,
-        features_out, features_in, seed_ptr, static_cast<uint64_t>(offset), expansion, vector_weight, vector_input);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dispatch_expansion(expansion, [&](auto fixed) {
+      mixed_linear_kernel<decltype(fixed)::value, w_t, x_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          xp, w, bias.has_value() ? bias_values.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<x_t>(), rows,
+          features_out, features_in, seed_ptr, static_cast<uint64_t>(offset), expansion, vector_weight,
+          vector_input);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }

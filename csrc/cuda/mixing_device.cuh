@@ -1,11 +1,11 @@
-// Building blocks of the CUDA kernels: the mixing of DESIGN.md section 4 over packs of consecutive elements.
+// Building blocks of the CUDA kernels: the mixing of docs/design.md section 4 over packs of consecutive elements.
 //
-// The RNG and the Exp(1) draws come from the shared header (majority_kernels/mixing.h, also compiled into the CPU
-// kernels); this file only lays them out over threads. A thread owns a pack of N consecutive elements (N * element
-// size = 16 bytes on the hot paths) and handles the copies in groups of four, the four words of one Philox call:
-// a group's copies are loaded together (several loads in flight) and its draws stay in registers, so e <= 4 (the
-// default expansion) takes one Philox pass everywhere. A larger chunk of copies would spare the scatter's second
-// pass for e in 5..8 but hold N x 8 draws per thread: twice the registers, half the occupancy, for every e.
+// The RNG, the sorting network and the generic rank form come from the shared header
+// (majority_kernels/mixing.h, also compiled into the CPU kernels); this file only lays them out over threads. A
+// thread owns a pack of N consecutive elements (N * element size = 16 bytes on the hot paths). The kernels are
+// built per expansion E <= kMaxFixedExpansion (dispatch_expansion), so that each element's P lives in E registers
+// and every copy's pack is one vector load or store; E = 0 is the generic build for larger expansions, which walks
+// the element's uniforms by rank and touches the copies one element at a time.
 //
 // Host and device code, free of torch: tests/test_cuda.py also compiles it for the CPU (tests/cuda_pack_host.cpp)
 // and checks the kernels' per-pack bodies against the reference where there is no GPU.
@@ -22,12 +22,25 @@ namespace cuda {
 
 // Bytes per vector load or store.
 constexpr int kVectorBytes = 16;
-// Copies per group: the four words of one Philox call.
-constexpr int kGroup = 4;
 
-// Float64 data mixes in double; every other dtype in float (as on the CPU).
-template <typename scalar_t>
-using math_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+// Calls f(std::integral_constant<int, E>{}) with E = expansion for expansions up to kMaxFixedExpansion, E = 0 (the
+// generic build) beyond.
+template <typename F>
+inline void dispatch_expansion(int64_t expansion, const F& f) {
+  switch (expansion) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 9: f(std::integral_constant<int, 9>{}); break;
+    default: f(std::integral_constant<int, 0>{}); break;
+  }
+  static_assert(kMaxFixedExpansion == 9, "dispatch_expansion lists every fixed expansion");
+}
 
 // N elements read or written as one vector access when aligned.
 template <typename T, int N>
@@ -35,17 +48,11 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
-// The (seed, offset, expansion) of section 4. The seed is read inside the kernel from its device tensor, so no
-// launch waits on the host and a CUDA graph replays whatever seed the tensor holds then.
-struct Mixing {
-  uint64_t seed;
-  uint64_t offset;
-  int64_t expansion;
-};
-
 #if defined(__CUDACC__)
-__device__ __forceinline__ Mixing load_mixing(const int64_t* seed, uint64_t offset, int64_t expansion) {
-  return Mixing{static_cast<uint64_t>(__ldg(seed)), offset, expansion};
+// The seed is read inside the kernel from its device tensor, so no launch waits on the host and a CUDA graph
+// replays whatever seed the tensor holds then.
+__device__ __forceinline__ MixingArgs load_mixing(const int64_t* seed, uint64_t offset, int64_t expansion) {
+  return MixingArgs{static_cast<uint64_t>(__ldg(seed)), offset, expansion};
 }
 #endif
 
@@ -75,89 +82,56 @@ MK_HOST_DEVICE void store_pack(T* p, const V (&values)[N], int valid, bool vecto
     if (j < valid) p[j] = static_cast<T>(values[j]);
 }
 
-// g[c] = the Exp(1) draw of copy first + c of element `index` (before the normalisation), zero for copies past the
-// expansion; `first` is a multiple of kGroup.
-template <typename T>
-MK_HOST_DEVICE void draw_group(const Mixing& m, uint64_t index, int64_t first, T (&g)[kGroup]) {
-  const uint64_t counter = element_counter(m.offset, index, m.expansion, first / kGroup);
-  uint32_t w0 = static_cast<uint32_t>(counter), w1 = static_cast<uint32_t>(counter >> 32), w2 = 0, w3 = 0;
-  philox4x32_10(w0, w1, w2, w3, static_cast<uint32_t>(m.seed), static_cast<uint32_t>(m.seed >> 32));
-  const uint32_t words[kGroup] = {w0, w1, w2, w3};
-  MK_UNROLL
-  for (int c = 0; c < kGroup; ++c)
-    g[c] = first + c < m.expansion ? exponential_from_uniform<T>(uniform_from_word(words[c])) : T(0);
-}
-
-// mixed[j] = sum_k P[k, index + j] * w[k * stride + j] for the pack's elements j < valid (the others: zero), as
-// (sum_k g_k w_k) / (sum_k g_k), so P is never formed. `vector`: every copy's pack is one aligned vector load.
-template <int N, typename in_t, typename T>
-MK_HOST_DEVICE void mix_pack(const Mixing& m, const in_t* w, int64_t stride, uint64_t index, int valid,
+// mixed[j] = sum_k P[k, index + j] * w[k * stride + j] for the pack's elements j < valid (the others: zero).
+// `vector`: every copy's pack is one aligned vector load.
+template <int E, int N, typename in_t, typename T>
+MK_HOST_DEVICE void mix_pack(const MixingArgs& m, const in_t* w, int64_t stride, uint64_t index, int valid,
                              bool vector, T (&mixed)[N]) {
-  T acc[N], sum[N];
-  MK_UNROLL
-  for (int j = 0; j < N; ++j) acc[j] = sum[j] = T(0);
-  for (int64_t first = 0; first < m.expansion; first += kGroup) {
-    Pack<in_t, N> copies[kGroup] = {};  // copies past the expansion stay zero, never loaded
-    MK_UNROLL
-    for (int c = 0; c < kGroup; ++c)
-      if (first + c < m.expansion) copies[c] = load_pack<N>(w + (first + c) * stride, valid, vector);
+  if constexpr (E == 0) {
     MK_UNROLL
     for (int j = 0; j < N; ++j) {
-      T g[kGroup];
-      draw_group(m, index + j, first, g);
-      MK_UNROLL
-      for (int c = 0; c < kGroup; ++c) {
-        if (first + c < m.expansion) {
-          sum[j] += g[c];
-          acc[j] += g[c] * static_cast<T>(copies[c].v[j]);
-        }
-      }
-    }
-  }
-  MK_UNROLL
-  for (int j = 0; j < N; ++j) {
-    if (sum[j] > T(0)) {
-      mixed[j] = acc[j] / sum[j];
-    } else {  // every u == 0 (probability 2^-31 per copy): P = 1/e, the plain mean
-      T total = T(0);
+      T acc = T(0);
       if (j < valid)
-        for (int64_t k = 0; k < m.expansion; ++k) total += static_cast<T>(w[k * stride + j]);
-      mixed[j] = total / static_cast<T>(m.expansion);
+        for_each_mixing_generic<T>(m, index + j,
+                                   [&](int64_t k, T p) { acc += p * static_cast<T>(w[k * stride + j]); });
+      mixed[j] = acc;
+    }
+  } else {
+    Pack<in_t, N> copies[E];  // all loads in flight together
+    MK_UNROLL
+    for (int k = 0; k < E; ++k) copies[k] = load_pack<N>(w + k * stride, valid, vector);
+    MK_UNROLL
+    for (int j = 0; j < N; ++j) {
+      T p[E];
+      mixing_fixed<E>(m, index + j, p);
+      T acc = p[0] * static_cast<T>(copies[0].v[j]);
+      MK_UNROLL
+      for (int k = 1; k < E; ++k) acc += p[k] * static_cast<T>(copies[k].v[j]);
+      mixed[j] = acc;
     }
   }
 }
 
-// Calls emit(first, values) for each group of copies, first = 0, kGroup, ... < expansion, with
-// values[j][c] = P[first + c, index + j] * grad[j] for the copies first + c < expansion (emit ignores the rest). For
-// e <= kGroup, one Philox pass; beyond, a first pass for the sums and a second for the groups after the first.
-template <int N, typename T, typename Emit>
-MK_HOST_DEVICE void scatter_pack(const Mixing& m, uint64_t index, const T (&grad)[N], const Emit& emit) {
-  T values[N][kGroup], scale[N], fallback[N];
-  MK_UNROLL
-  for (int j = 0; j < N; ++j) {
-    T sum = T(0);
-    for (int64_t first = 0; first < m.expansion; first += kGroup) {
-      T g[kGroup];
-      draw_group(m, index + j, first, g);
-      MK_UNROLL
-      for (int c = 0; c < kGroup; ++c) {
-        sum += g[c];
-        if (first == 0) values[j][c] = g[c];
-      }
-    }
-    // P_k * grad = g_k * (grad / sum), or grad / e where every u == 0.
-    const bool positive = sum > T(0);
-    scale[j] = positive ? grad[j] / sum : T(0);
-    fallback[j] = positive ? T(0) : grad[j] / static_cast<T>(m.expansion);
-  }
-  for (int64_t first = 0; first < m.expansion; first += kGroup) {
+// P_k * grad[j] for every copy k and element j < valid of the pack at `index`: for a fixed E, once, as
+// rows(values) with values[k][j] (whole rows, for vector stores); for the generic build, element by element as
+// one(k, j, value).
+template <int E, int N, typename T, typename Rows, typename One>
+MK_HOST_DEVICE void scatter_pack(const MixingArgs& m, uint64_t index, const T (&grad)[N], int valid,
+                                 const Rows& rows, const One& one) {
+  if constexpr (E == 0) {
+    MK_UNROLL
+    for (int j = 0; j < N; ++j)
+      if (j < valid) for_each_mixing_generic<T>(m, index + j, [&](int64_t k, T p) { one(k, j, p * grad[j]); });
+  } else {
+    T values[E][N];
     MK_UNROLL
     for (int j = 0; j < N; ++j) {
-      if (first > 0) draw_group(m, index + j, first, values[j]);
+      T p[E];
+      mixing_fixed<E>(m, index + j, p);
       MK_UNROLL
-      for (int c = 0; c < kGroup; ++c) values[j][c] = values[j][c] * scale[j] + fallback[j];
+      for (int k = 0; k < E; ++k) values[k][j] = p[k] * grad[j];
     }
-    emit(first, values);
+    rows(values);
   }
 }
 
@@ -165,22 +139,22 @@ MK_HOST_DEVICE void scatter_pack(const Mixing& m, uint64_t index, const T (&grad
 // `vector` the launcher's verdict that every pointer and copy is aligned for vector access.
 
 // out[i + j] = sum_k P[k, i + j] * weight[k * numel + i + j].
-template <typename in_t, typename out_t>
-MK_HOST_DEVICE void combine_at(const Mixing& m, const in_t* weight, out_t* out, int64_t numel, int64_t pack,
+template <int E, typename in_t, typename out_t>
+MK_HOST_DEVICE void combine_at(const MixingArgs& m, const in_t* weight, out_t* out, int64_t numel, int64_t pack,
                                bool vector) {
   constexpr int N = kVectorBytes / sizeof(in_t);
   const int64_t i = pack * N;
   const int valid = numel - i < N ? static_cast<int>(numel - i) : N;
   const bool full = vector && valid == N;
   math_t<in_t> mixed[N];
-  mix_pack<N>(m, weight + i, numel, i, valid, full, mixed);
+  mix_pack<E, N>(m, weight + i, numel, i, valid, full, mixed);
   store_pack<N>(out + i, mixed, valid, full);
 }
 
 // grad_weight[k * numel + i + j] = P[k, i + j] * grad[i + j], or += with `accumulate`.
-template <typename grad_t, typename out_t>
-MK_HOST_DEVICE void scatter_at(const Mixing& m, const grad_t* grad, out_t* grad_weight, int64_t numel, int64_t pack,
-                               bool accumulate, bool vector) {
+template <int E, typename grad_t, typename out_t>
+MK_HOST_DEVICE void scatter_at(const MixingArgs& m, const grad_t* grad, out_t* grad_weight, int64_t numel,
+                               int64_t pack, bool accumulate, bool vector) {
   constexpr int N = kVectorBytes / sizeof(out_t);
   using T = math_t<out_t>;
   const int64_t i = pack * N;
@@ -190,23 +164,29 @@ MK_HOST_DEVICE void scatter_at(const Mixing& m, const grad_t* grad, out_t* grad_
   T values[N];
   MK_UNROLL
   for (int j = 0; j < N; ++j) values[j] = static_cast<T>(g.v[j]);
-  scatter_pack<N>(m, i, values, [&](int64_t first, T (&mixed)[N][kGroup]) {
-    // The group's existing gradients are loaded together, before any store.
-    Pack<out_t, N> existing[kGroup] = {};
-    if (accumulate) {
-      MK_UNROLL
-      for (int c = 0; c < kGroup; ++c)
-        if (first + c < m.expansion) existing[c] = load_pack<N>(grad_weight + (first + c) * numel + i, valid, full);
-    }
-    MK_UNROLL
-    for (int c = 0; c < kGroup; ++c) {
-      if (first + c >= m.expansion) continue;
-      T out[N];
-      MK_UNROLL
-      for (int j = 0; j < N; ++j) out[j] = accumulate ? static_cast<T>(existing[c].v[j]) + mixed[j][c] : mixed[j][c];
-      store_pack<N>(grad_weight + (first + c) * numel + i, out, valid, full);
-    }
-  });
+  out_t* target = grad_weight + i;
+  scatter_pack<E, N>(
+      m, i, values, valid,
+      [&](auto& rows) {
+        // The existing gradients of every copy are loaded together, before any store.
+        Pack<out_t, N> existing[E > 0 ? E : 1] = {};
+        if (accumulate) {
+          MK_UNROLL
+          for (int k = 0; k < E; ++k) existing[k] = load_pack<N>(target + k * numel, valid, full);
+        }
+        MK_UNROLL
+        for (int k = 0; k < E; ++k) {
+          if (accumulate) {
+            MK_UNROLL
+            for (int j = 0; j < N; ++j) rows[k][j] += static_cast<T>(existing[k].v[j]);
+          }
+          store_pack<N>(target + k * numel, rows[k], valid, full);
+        }
+      },
+      [&](int64_t k, int j, T value) {
+        out_t* element = target + k * numel + j;
+        *element = static_cast<out_t>(accumulate ? static_cast<T>(*element) + value : value);
+      });
 }
 
 }  // namespace cuda

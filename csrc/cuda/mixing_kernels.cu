@@ -19,28 +19,29 @@ namespace cuda {
 namespace {
 
 // Grid-stride loops over the packs of combine_at / scatter_at (mixing_device.cuh).
-template <typename in_t, typename out_t>
+// One build per expansion E (dispatch_expansion; 0: the generic build).
+template <int E, typename in_t, typename out_t>
 __global__ void __launch_bounds__(kThreads)
     combine_kernel(const in_t* weight, out_t* out, int64_t numel, const int64_t* seed, uint64_t offset,
                    int64_t expansion, bool vector) {
   constexpr int N = kVectorBytes / sizeof(in_t);
-  const Mixing m = load_mixing(seed, offset, expansion);
+  const MixingArgs m = load_mixing(seed, offset, expansion);
   const int64_t packs = (numel + N - 1) / N;
   for (int64_t pack = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack < packs;
        pack += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    combine_at(m, weight, out, numel, pack, vector);
+    combine_at<E>(m, weight, out, numel, pack, vector);
 }
 
-template <typename grad_t, typename out_t>
+template <int E, typename grad_t, typename out_t>
 __global__ void __launch_bounds__(kThreads)
     scatter_kernel(const grad_t* grad, out_t* grad_weight, int64_t numel, const int64_t* seed, uint64_t offset,
                    int64_t expansion, bool accumulate, bool vector) {
   constexpr int N = kVectorBytes / sizeof(out_t);
-  const Mixing m = load_mixing(seed, offset, expansion);
+  const MixingArgs m = load_mixing(seed, offset, expansion);
   const int64_t packs = (numel + N - 1) / N;
   for (int64_t pack = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack < packs;
        pack += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    scatter_at(m, grad, grad_weight, numel, pack, accumulate, vector);
+    scatter_at<E>(m, grad, grad_weight, numel, pack, accumulate, vector);
 }
 
 at::Tensor combine(const at::Tensor& weight, const at::Tensor& seed, int64_t offset,
@@ -70,9 +71,12 @@ at::Tensor combine(const at::Tensor& weight, const at::Tensor& seed, int64_t off
       // Copy k starts at k * numel: aligned packs in every copy need numel % N == 0.
       const bool vector = is_aligned(w, alignof(Pack<in_t, N>)) && is_aligned(o, alignof(Pack<out_t, N>)) &&
                           (expansion == 1 || numel % N == 0);
-      combine_kernel<in_t, out_t><<<blocks_for((numel + N - 1) / N), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          w, o, numel, seed_ptr, static_cast<uint64_t>(offset), expansion, vector);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dispatch_expansion(expansion, [&](auto fixed) {
+        combine_kernel<decltype(fixed)::value, in_t, out_t>
+            <<<blocks_for((numel + N - 1) / N), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                w, o, numel, seed_ptr, static_cast<uint64_t>(offset), expansion, vector);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   }
   return out.to(dtype);
@@ -96,9 +100,12 @@ void scatter_into(at::Tensor& grad_weight, const at::Tensor& grad, const int64_t
     out_t* o = grad_weight.mutable_data_ptr<out_t>();
     const bool vector = is_aligned(gp, alignof(Pack<grad_t, N>)) && is_aligned(o, alignof(Pack<out_t, N>)) &&
                         (expansion == 1 || numel % N == 0);
-    scatter_kernel<grad_t, out_t><<<blocks_for((numel + N - 1) / N), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        gp, o, numel, seed, static_cast<uint64_t>(offset), expansion, accumulate, vector);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dispatch_expansion(expansion, [&](auto fixed) {
+      scatter_kernel<decltype(fixed)::value, grad_t, out_t>
+          <<<blocks_for((numel + N - 1) / N), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+              gp, o, numel, seed, static_cast<uint64_t>(offset), expansion, accumulate, vector);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 
