@@ -4,9 +4,23 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// Importing majority_kernels._C loads this library and so registers the ops; the module itself is empty.
+#include "cpu/op_support.h"
+
+namespace {
+PyObject* cpu_capability(PyObject*, PyObject*) {
+  return PyUnicode_FromString(majority_kernels::cpu::kernels().name);
+}
+
+PyMethodDef methods[] = {
+    {"cpu_capability", cpu_capability, METH_NOARGS,
+     "The instruction set of the CPU kernels this process runs: avx512, avx2 or portable."},
+    {nullptr, nullptr, 0, nullptr}};
+}  // namespace
+
+// Importing majority_kernels._C loads this library and so registers the ops; its one function names the CPU
+// kernels' instruction set.
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module);
 }
 

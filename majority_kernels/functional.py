@@ -2,7 +2,7 @@
 ops.
 
 Every op takes `seed` (an int in [0, 2^63) or a one-element int64 tensor) and `offset` (an int in [0, 2^64)) and
-follows DESIGN.md section 4, whichever backend runs it. Forward = combine (P generated inside the kernel) then the
+follows docs/design.md section 4, whichever backend runs it. Forward = combine (P generated inside the kernel) then the
 dense op; backward = the dense op's gradients with W_eff, then scatter with P regenerated from the same seed.
 P is never stored: the tensors kept for the backward are the input and W_eff, whatever the expansion.
 """

@@ -36,6 +36,14 @@ HAS_CUDA_KERNELS = HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_
     "majority_kernels::combine", "CUDA")
 
 
+def cpu_capability() -> Optional[str]:
+    """The instruction set of the CPU kernels this process runs (avx512, avx2 or portable: the best the processor
+    has, capped by MK_CPU_CAPABILITY), or None without the extension."""
+    if not HAS_EXTENSION:
+        return None
+    return importlib.import_module(f"{__package__}._C").cpu_capability()
+
+
 def _register() -> None:
     ns = "majority_kernels"
 

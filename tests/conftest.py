@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def rng_vectors() -> dict:
-    """The known-answer vectors of DESIGN.md section 4 (copied from shared/rng_vectors.json)."""
+    """The known-answer vectors of docs/design.md section 4 (tests/data/rng_vectors.json)."""
     return json.loads((DATA / "rng_vectors.json").read_text())
 
 

@@ -371,7 +371,7 @@ def test_weight_modified_in_place_between_forward_and_backward_raises():
 def test_index_math_beyond_two_to_the_31_elements():
     """The spec's counters for flat indices past 2^31: P of element i equals P of element 0 with the offset moved by
     i * R counters (the kernels' own 64-bit indexing at that scale is the GPU test below)."""
-    expansion = 5  # R = 2 counters per element
+    expansion = 6  # 5 uniforms: R = 2 counters per element
     index = torch.tensor([2**31 - 1, 2**31, 2**32 + 7, 2**40 + 3], dtype=torch.int64)
     by_index = mk.reference.uniforms_at(expansion, index, 123, offset=11)
     by_offset = torch.stack([mk.reference.uniforms(expansion, 1, 123, offset=11 + int(i) * 2)[:, 0] for i in index],

@@ -1,6 +1,6 @@
 """Triton kernels of majority-kernels (installed as majority_kernels.triton_kernels) and their launchers.
 
-One module per op family: mixing (the RNG and Dirichlet math of DESIGN.md section 4, shared by all), combine,
+One module per op family: mixing (the RNG and Dirichlet math of docs/design.md section 4, shared by all), combine,
 scatter, linear (GEMM with the combination fused into the weight-tile load), weight_grad (dW GEMM with the
 scatter fused into its epilogue), embedding, conv (implicit-GEMM convolution forward with the combination fused
 in: a prototype for the benchmark). Launchers take contiguous torch tensors and write into outputs they are given

@@ -133,7 +133,7 @@ def mixed_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
                  offset: int, stride: Sequence[int] = (1, 1), padding: Sequence[int] = (0, 0),
                  dilation: Sequence[int] = (1, 1), groups: int = 1) -> torch.Tensor:
     """F.conv2d(x, W_eff, bias, stride, padding, dilation) for x [B, C_in, H, W] and the copies weight
-    [e, C_out, C_in, KH, KW], W_eff mixed inside the GEMM (P of (seed, offset), DESIGN.md section 4) and rounded
+    [e, C_out, C_in, KH, KW], W_eff mixed inside the GEMM (P of (seed, offset), docs/design.md section 4) and rounded
     to x's dtype; the output [B, C_out, H_out, W_out] in x's dtype. Inputs that are not contiguous are copied."""
     _check(x, weight, bias, seed, groups)
     check_dot_dtype(x.dtype)

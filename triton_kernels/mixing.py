@@ -60,8 +60,8 @@ def _exchange(a, b):
 @triton.jit
 def _sorted_uniforms(seed, offset, index, M: tl.constexpr):
     """v0 <= ... <= v7: the element's M <= 8 uniforms sorted (the wires from M up hold 1.0 and are never read).
-    Batcher's odd-even merge sort on 8 wires, the comparators that reach wire M or above dropped: the same network
-    as the C++ header's for_each_comparator."""
+    Batcher's odd-even merge sort on M wires, as the C++ header's for_each_comparator(M) lists it: the network on 8
+    wires, each comparator guarded by the condition under which that listing has it."""
     v0, v1, v2, v3 = group_uniforms(seed, offset, index, 0, M + 1)
     if M > 4:
         v4, v5, v6, v7 = group_uniforms(seed, offset, index, 1, M + 1)
@@ -102,7 +102,7 @@ def _sorted_uniforms(seed, offset, index, M: tl.constexpr):
         v2, v4 = _exchange(v2, v4)
     if M > 5:
         v3, v5 = _exchange(v3, v5)
-    if M > 2:
+    if M > 4:
         v1, v2 = _exchange(v1, v2)
     if M > 4:
         v3, v4 = _exchange(v3, v4)

@@ -31,6 +31,8 @@ namespace cpu {
 constexpr int64_t kLanes = 128;
 
 struct KernelTable {
+  // The instruction set of the build: "avx512", "avx2" or "portable".
+  const char* name;
   // mix[k * lanes + l] = P[k, first + l] for the `lanes` <= kLanes elements from `first`, in float, or double for
   // the float64 kernel; `mix` holds expansion * lanes values.
   void (*mixing_f32)(const MixingArgs& args, int64_t first, int64_t lanes, float* mix);

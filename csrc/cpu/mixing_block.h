@@ -130,7 +130,11 @@ void scatter_f32(const MixingArgs& args, const float* grad, int64_t numel, float
   }
 }
 
-constexpr KernelTable kKernels = {&mixing_f32, &mixing_f64, &combine_f32, &scatter_f32};
+#define MK_STRINGIFY(x) #x
+#define MK_NAME(x) MK_STRINGIFY(x)
+constexpr KernelTable kKernels = {MK_NAME(MK_CPU_CAPABILITY), &mixing_f32, &mixing_f64, &combine_f32, &scatter_f32};
+#undef MK_NAME
+#undef MK_STRINGIFY
 
 }  // namespace MK_CPU_CAPABILITY
 }  // namespace cpu

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import __version__
+from .. import __version__, ops, reference
 from .config import BenchConfig
 from .variants import FUSED
 
@@ -79,6 +79,8 @@ def run_info(config: BenchConfig, bandwidth: float, skipped: dict[str, str]) -> 
         "copy_bandwidth_bytes_per_s": bandwidth,
         "skipped_sections": skipped,
         "allocator_settings": allocator_settings(),
+        "spec": reference.SPEC_VERSION,
+        "cpu_kernels": ops.cpu_capability() if device.type == "cpu" else None,
     }
 
 
@@ -152,7 +154,7 @@ Times are medians of the repeats, all variants of a case timed in turn in the sa
 Layers: one training step, forward + backward, of an intermediate layer (the input requires grad: 3 GEMMs),
 gradients set to None between steps. saved = bytes of the distinct storages autograd keeps for the backward,
 parameters apart (they are resident anyway). peak = CUDA peak allocation during a step above what was allocated
-before it. extra = time - dense time; floor = least extra bytes over dense (DESIGN.md section 5: read the copies,
+before it. extra = time - dense time; floor = least extra bytes over dense (docs/design.md section 5: read the copies,
 write W_eff, write the copies' gradients, read dW_eff) / copy bandwidth. Kernels: combine = W_eff from the copies
 (naive: P drawn and materialised), scatter = every copy's gradient P_k * dW_eff (naive: multiply by the P kept
 from the forward); floor = bytes of the copies + one compute-dtype matrix / copy bandwidth; GB/s = those bytes /
@@ -189,6 +191,8 @@ def _header(meta: dict) -> str:
         f"- {meta['repeats']} timed rounds after {meta['warmup']} warm-up rounds; torch.compile baseline: "
         f"{'yes' if meta['compile'] else 'no'}; date: {meta['date']}",
         f"- copy bandwidth: {meta['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (large copy_, read + write)",
+        f"- mixing weights: spec {meta.get('spec', 'v1')} (docs/design.md section 4)"
+        + (f"; CPU kernels: the {meta['cpu_kernels']} build" if meta.get("cpu_kernels") else ""),
         "- allocator settings: " + (", ".join(f"{name}={value}" for name, value in
                                              meta.get("allocator_settings", {}).items()) or "none (the defaults)"),
         *(f"- not run: {section}: {why}" for section, why in meta.get("skipped_sections", {}).items()),
