@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import majority_kernels as mk
-from majority_kernels import backends, reference
+from majority_kernels import backends, reference, tuning
 
 from helpers import (EXPANSIONS, TOLERANCES, assert_gemm_matches_reference, assert_matches_reference,
                      needs_float64_dot, random_seed, sgd_losses)
@@ -396,16 +396,17 @@ def test_path_choice(monkeypatch):
     monkeypatch.delenv("MK_LINEAR_PATH", raising=False)
     monkeypatch.delenv("MK_WGRAD_PATH", raising=False)
     f32 = torch.float32
-    assert triton_ops.linear_paths(triton_ops.FUSED_FORWARD_MAX_M, f32) == ("fused", "fused")
-    assert triton_ops.linear_paths(triton_ops.FUSED_WGRAD_MAX_M + 1, f32) == ("combine", "scatter")
+    thresholds = tuning.for_device(DEVICE)
+    assert triton_ops.linear_paths(thresholds.triton_fused_forward_max_m, f32, DEVICE) == ("fused", "fused")
+    assert triton_ops.linear_paths(thresholds.triton_fused_wgrad_max_m + 1, f32, DEVICE) == ("combine", "scatter")
     monkeypatch.setenv("MK_LINEAR_PATH", "combine")
     monkeypatch.setenv("MK_WGRAD_PATH", " Scatter ")
-    assert triton_ops.linear_paths(1, f32) == ("combine", "scatter")
+    assert triton_ops.linear_paths(1, f32, DEVICE) == ("combine", "scatter")
     with triton_ops.force_paths("fused"):
-        assert triton_ops.linear_paths(1, f32) == ("fused", "scatter")
+        assert triton_ops.linear_paths(1, f32, DEVICE) == ("fused", "scatter")
     monkeypatch.setenv("MK_LINEAR_PATH", "cublas")
     with pytest.raises(ValueError, match="MK_LINEAR_PATH must be one of fused, combine"):
-        triton_ops.linear_paths(1, f32)
+        triton_ops.linear_paths(1, f32, DEVICE)
     with pytest.raises(ValueError, match="wgrad path must be one of"):
         with triton_ops.force_paths(wgrad="epilogue"):
             pass
@@ -417,8 +418,8 @@ def test_float64_without_float64_dot_takes_the_combine_paths(monkeypatch, genera
     monkeypatch.delenv("MK_LINEAR_PATH", raising=False)
     monkeypatch.delenv("MK_WGRAD_PATH", raising=False)
     monkeypatch.setattr(tiling, "FLOAT64_DOT", False)
-    assert triton_ops.linear_paths(1, torch.float64) == ("combine", "scatter")
-    assert triton_ops.linear_paths(1, torch.float32) == ("fused", "fused")
+    assert triton_ops.linear_paths(1, torch.float64, DEVICE) == ("combine", "scatter")
+    assert triton_ops.linear_paths(1, torch.float32, DEVICE) == ("fused", "fused")
     x = _randn(3, 5, generator=generator, dtype=torch.float64)
     w = _randn(2, 4, 5, generator=generator, dtype=torch.float64)
     with _triton():
@@ -568,9 +569,12 @@ def test_bench_crossover_sweep():
     assert {row["variant"] for row in timings if row["M"] == 1} == {runner.COMBINE, runner.FUSED_FORWARD,
                                                                      runner.FUSED_WGRAD}
     summary = rows[-1]
-    assert summary["variant"] == "summary" and summary["fused_forward_max_m"] == triton_ops.FUSED_FORWARD_MAX_M
+    thresholds = tuning.for_device(DEVICE)
+    assert summary["variant"] == "summary"
+    assert summary["fused_forward_max_m"] == thresholds.triton_fused_forward_max_m
     text = bench.report.crossover_summary(rows)
-    assert text.startswith("- weight 8x16, e = 2: the fused forward ") and "FUSED_WGRAD_MAX_M" in text
+    assert text.startswith("- weight 8x16, e = 2: the fused forward ")
+    assert f"triton_fused_wgrad_max_m = {thresholds.triton_fused_wgrad_max_m}" in text
 
 
 # ---- GPU builds without a GPU --------------------------------------------------------------------------------
