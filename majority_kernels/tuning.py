@@ -11,8 +11,8 @@ Only a table of this majority-kernels version counts. A GPU without one runs on 
 were designed for but not measured with, announced once per process and GPU.
 
 The folders are read when this module is imported (and again by `reload`), never while a layer runs: `for_device`
-only looks up a dict by the device's name, which torch.compile can trace (it folds the device properties to
-constants), so a compiled layer bakes in the values in force when it was traced.
+only looks up dicts, by device and by the device's name, which torch.compile can trace (it folds the device
+properties to constants), so a compiled layer bakes in the values in force when it was traced.
 """
 
 from __future__ import annotations
@@ -176,6 +176,8 @@ def _load(folders: list[Path]) -> _Loaded:
 
 _loaded = _load(search_dirs())
 _noted: set[str] = set()
+# By (device type, index), the thresholds for_device found.
+_by_device: dict[tuple[str, Optional[int]], Thresholds] = {}
 
 
 def reload() -> None:
@@ -184,6 +186,7 @@ def reload() -> None:
     global _loaded
     _loaded = _load(search_dirs())
     _noted.clear()
+    _by_device.clear()
 
 
 def table_for(gpu: str) -> Optional[Table]:
@@ -209,15 +212,19 @@ def device_gpu(device: torch.device) -> Optional[str]:
 
 
 def for_device(device: torch.device) -> Thresholds:
-    """The thresholds for `device`: its GPU's table, else DEFAULTS (announced once per process and GPU). Devices
-    other than CUDA GPUs (the Triton interpreter's CPU tensors) take DEFAULTS silently: there is nothing to tune."""
+    """The thresholds for `device`: its GPU's table, else DEFAULTS (announced once per process and GPU), cached per
+    device. Devices other than CUDA GPUs (the Triton interpreter's CPU tensors) take DEFAULTS silently: there is
+    nothing to tune."""
+    key = (device.type, device.index)
+    found = _by_device.get(key)
+    if found is not None:
+        return found
     gpu = device_gpu(device)
-    if gpu is None:
-        return DEFAULTS
-    table = _loaded.tables.get(gpu)
-    if table is not None:
-        return table.thresholds
-    # While torch.compile traces, the note is left out (a side effect it would have to replay); eager calls give it.
+    table = None if gpu is None else _loaded.tables.get(gpu)
+    found = DEFAULTS if table is None else table.thresholds
+    # While torch.compile traces, nothing is noted or cached (side effects it would have to replay); eager calls do.
     if not torch.compiler.is_compiling():
-        _note_unmeasured(gpu)
-    return DEFAULTS
+        if gpu is not None and table is None:
+            _note_unmeasured(gpu)
+        _by_device[key] = found
+    return found

@@ -241,3 +241,15 @@ def test_compiled_layer_traces_the_lookup(measured, monkeypatch):
     fused, combined = ops_in_graph
     assert any("mixed_matmul" in op for op in fused) and not any("combine" in op for op in fused), fused
     assert any("combine" in op for op in combined) and not any("mixed_matmul" in op for op in combined), combined
+
+
+def test_lookup_traces_under_compile(measured):
+    """The GPU branch of the lookup, uncached and cached, traces with fullgraph=True to the table's constant."""
+    def scaled(x):
+        return x * tuning.for_device(torch.device("cuda", 0)).combine_block
+
+    for _ in ("uncached", "cached"):
+        torch._dynamo.reset()
+        assert torch.compile(scaled, fullgraph=True)(torch.ones(2)).tolist() == [MEASURED.combine_block] * 2
+        tuning.for_device(torch.device("cuda", 0))  # eager: fills the cache for the second round
+    torch._dynamo.reset()
