@@ -284,7 +284,7 @@ def _tune(args: argparse.Namespace) -> int:
     if why is not None:
         print(why, file=sys.stderr)
         return 2
-    table = tune.run(args.quick)
+    table = tune.run(tune.PLANS["quick" if args.quick else "full"], torch.device("cuda", torch.cuda.current_device()))
     path = tune.write(table, Path(args.output) if args.output else None)
     print("thresholds: " + ", ".join(f"{name} = {value}" for name, value in
                                      dataclasses.asdict(table.thresholds).items()))

@@ -1,7 +1,8 @@
 """`majority-kernels tune`: measures, on the GPU present, where each fused path stops paying and the best block
 size of the elementwise kernels, and writes the GPU's tuning table (majority_kernels.tuning).
 
-All on one weight of the headline benchmark (N = K = 4096, e = 4, float32 copies, bfloat16 autocast):
+On one workload, by default the headline benchmark's weight (N = K = 4096, e = 4, float32 copies, bfloat16
+autocast):
   triton_fused_forward_max_m, triton_fused_wgrad_max_m: one training step of MKLinear on the Triton backend per M,
       each fused path alone against combine + cuBLAS (the benchmark's crossover sweep);
   cuda_fused_max_rows: the `cuda` backend's forward per row count, its fused small-M kernel against combine +
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 import statistics
 from dataclasses import dataclass
@@ -23,22 +25,35 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from . import __version__, ops, tuning
+from . import __version__, tuning
 from .backends import BACKENDS, use_backend
 from .bench import measure
 from .bench.config import BenchConfig, LinearShape
 
-N = K = 4096
-EXPANSION = 4
-DTYPE = torch.bfloat16
 SEED = 20240207
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The layer the thresholds are measured on: weight [expansion, n, k], run in `dtype` (bfloat16 / float16
+    under autocast, float32 master weights)."""
+
+    n: int
+    k: int
+    expansion: int
+    dtype: torch.dtype
+
+
+# The headline benchmark's weight.
+HEADLINE = Workload(n=4096, k=4096, expansion=4, dtype=torch.bfloat16)
 
 
 @dataclass(frozen=True)
 class Plan:
     """What one tune run measures: the M sweep of the Triton paths, the row counts of the CUDA kernel, the block
-    sizes, and the rounds per timing."""
+    sizes, and the rounds per timing. Sizes ascending."""
 
+    name: str
     triton_ms: tuple[int, ...]
     cuda_rows: tuple[int, ...]
     blocks: tuple[int, ...]
@@ -47,9 +62,9 @@ class Plan:
 
 
 PLANS = {
-    "quick": Plan(triton_ms=(1, 16, 64, 256, 1024), cuda_rows=(1, 4, 16, 32, 64), blocks=(512, 1024, 2048),
+    "quick": Plan("quick", triton_ms=(1, 16, 64, 256, 1024), cuda_rows=(1, 4, 16, 32, 64), blocks=(512, 1024, 2048),
                   repeats=5, warmup=2),
-    "full": Plan(triton_ms=(1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
+    "full": Plan("full", triton_ms=(1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
                  cuda_rows=(1, 2, 4, 8, 16, 24, 32, 48, 64, 128), blocks=(256, 512, 1024, 2048, 4096), repeats=20,
                  warmup=3),
 }
@@ -79,14 +94,20 @@ def _medians(samples: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-def triton_crossover(plan: Plan, device: torch.device) -> tuple[int, int, list[dict]]:
+def _config(plan: Plan, device: torch.device, workload: Workload) -> BenchConfig:
+    """The benchmark's description of the run, for its crossover sweep and its autocast."""
+    return BenchConfig(device=device, dtype=workload.dtype, backends=("triton",),
+                       linear_shapes=(LinearShape(1, workload.n, workload.k),),
+                       linear_expansions=(workload.expansion,), conv_shapes=(), conv_expansions=(),
+                       repeats=plan.repeats, warmup=plan.warmup, compile=False, crossover_ms=plan.triton_ms)
+
+
+def triton_crossover(plan: Plan, device: torch.device, workload: Workload) -> tuple[int, int, list[dict]]:
     """(forward threshold, dW threshold, the sweep's rows) from the benchmark's crossover sweep."""
     from .bench import runner  # the sweep needs the Triton backend
 
-    config = BenchConfig(device=device, dtype=DTYPE, backends=("triton",), linear_shapes=(LinearShape(1, N, K),),
-                         linear_expansions=(EXPANSION,), conv_shapes=(), conv_expansions=(), repeats=plan.repeats,
-                         warmup=plan.warmup, compile=False, crossover_ms=plan.triton_ms)
-    rows = [row for row in runner.crossover_rows((N, K), EXPANSION, config, lambda: None) if "M" in row]
+    rows = [row for row in runner.crossover_rows((workload.n, workload.k), workload.expansion,
+                                                 _config(plan, device, workload), lambda: None) if "M" in row]
 
     def threshold(variant: str) -> int:
         measured = sorted((row["M"], row["ratio_combine"]) for row in rows if row["variant"] == variant)
@@ -113,21 +134,22 @@ def _linear_path(path: str) -> Iterator[None]:
             os.environ[cuda_ops.PATH_VARIABLE] = before
 
 
-def cuda_small_m(plan: Plan, device: torch.device) -> tuple[Optional[int], list[dict]]:
+def cuda_small_m(plan: Plan, device: torch.device, workload: Workload) -> tuple[Optional[int], list[dict]]:
     """(threshold, rows) of the `cuda` backend's fused small-M forward against combine + cuBLAS (forward only, the
-    backward is the same on both); (None, []) where the CUDA kernels are not built."""
+    backward is the same on both); (None, []) where the CUDA kernels cannot run on `device`."""
     if BACKENDS["cuda"].unavailable(device) is not None:
         return None, []
     from .layers import MKLinear
 
-    layer = MKLinear(K, N, expansion=EXPANSION, device=device).train()
+    layer = MKLinear(workload.k, workload.n, expansion=workload.expansion, device=device).train()
+    config = _config(plan, device, workload)
     rows, ratios = [], []
     for count in plan.cuda_rows:
-        x = torch.randn(count, K, device=device)
+        x = torch.randn(count, workload.k, device=device)
 
         def forward(path: str, x: torch.Tensor = x) -> Callable[[], object]:
             def run() -> object:
-                with _linear_path(path), torch.no_grad(), torch.autocast("cuda", DTYPE), use_backend("cuda"):
+                with _linear_path(path), torch.no_grad(), config.autocast(), use_backend("cuda"):
                     return layer(x)
             return run
 
@@ -141,24 +163,24 @@ def cuda_small_m(plan: Plan, device: torch.device) -> tuple[Optional[int], list[
     return last_paying(plan.cuda_rows, ratios), rows
 
 
-def block_sizes(plan: Plan, device: torch.device) -> tuple[int, int, list[dict]]:
+def block_sizes(plan: Plan, device: torch.device, workload: Workload) -> tuple[int, int, list[dict]]:
     """(combine block, scatter block, rows): the fastest block of each kernel alone on the weight."""
     from .triton_kernels import combine, scatter
 
-    weight = torch.randn(EXPANSION, N, K, device=device)
-    mixed = torch.empty(N, K, device=device, dtype=DTYPE)
-    grad = torch.randn(N, K, device=device, dtype=DTYPE)
+    weight = torch.randn(workload.expansion, workload.n, workload.k, device=device)
+    mixed = torch.empty(workload.n, workload.k, device=device, dtype=workload.dtype)
+    grad = torch.randn(workload.n, workload.k, device=device, dtype=workload.dtype)
     copies = torch.empty_like(weight)
     seed = torch.tensor(SEED, dtype=torch.int64, device=device)
     steps = {}
     for block in plan.blocks:
-        steps[("combine", block)] = lambda block=block: combine.combine(weight, seed, 0, mixed, block)
-        steps[("scatter", block)] = lambda block=block: scatter.scatter(grad, seed, 0, copies, False, block)
+        steps[f"combine:{block}"] = functools.partial(combine.combine, weight, seed, 0, mixed, block)
+        steps[f"scatter:{block}"] = functools.partial(scatter.scatter, grad, seed, 0, copies, False, block)
     for step in steps.values():  # first calls untimed: Triton builds each block size
         step()
-    named = {f"{op}:{block}": step for (op, block), step in steps.items()}
-    medians = _medians(measure.time_interleaved(named, device, warmup=plan.warmup, repeats=plan.repeats))
-    rows = [{"op": op, "block": block, "time_s": medians[f"{op}:{block}"]} for op, block in steps]
+    medians = _medians(measure.time_interleaved(steps, device, warmup=plan.warmup, repeats=plan.repeats))
+    rows = [{"op": name.split(":")[0], "block": int(name.split(":")[1]), "time_s": time}
+            for name, time in medians.items()]
 
     def fastest(op: str) -> int:
         return min((row for row in rows if row["op"] == op), key=lambda row: row["time_s"])["block"]
@@ -166,36 +188,38 @@ def block_sizes(plan: Plan, device: torch.device) -> tuple[int, int, list[dict]]
     return fastest("combine"), fastest("scatter"), rows
 
 
-def run(quick: bool, log: Callable[[str], None] = print) -> tuning.Table:
-    """Measures this process's current CUDA GPU (see unavailable() first) and returns its table."""
+def run(plan: Plan, device: torch.device, workload: Workload = HEADLINE,
+        log: Callable[[str], None] = print) -> tuning.Table:
+    """Measures the GPU of `device` (see unavailable() first) by `plan` on `workload` and returns its table."""
     import triton
 
-    plan = PLANS["quick" if quick else "full"]
-    device = torch.device("cuda", torch.cuda.current_device())
-    log(f"tuning {torch.cuda.get_device_name(device)} ({'quick' if quick else 'full'} plan)")
-    forward_max_m, wgrad_max_m, crossover = triton_crossover(plan, device)
+    gpu = tuning.device_gpu(device)
+    log(f"tuning {gpu} ({plan.name} plan)")
+    forward_max_m, wgrad_max_m, crossover = triton_crossover(plan, device, workload)
     log(f"  triton fused forward pays up to M = {forward_max_m}, fused dW up to M = {wgrad_max_m}")
-    cuda_max_rows, cuda_rows = cuda_small_m(plan, device)
+    cuda_max_rows, cuda_rows = cuda_small_m(plan, device, workload)
     if cuda_max_rows is None:
-        log(f"  cuda fused small-M forward: not measured ({BACKENDS['cuda'].unavailable(device)}); the table keeps "
-            f"the default {tuning.DEFAULTS.cuda_fused_max_rows}")
+        why = BACKENDS["cuda"].unavailable(device)
+        log(f"  cuda fused small-M forward: not measured ({why}); the table keeps the default "
+            f"{tuning.DEFAULTS.cuda_fused_max_rows}")
+        cuda_measurements: object = {"not_measured": why}
     else:
         log(f"  cuda fused small-M forward pays up to {cuda_max_rows} rows")
-    combine_block, scatter_block, blocks = block_sizes(plan, device)
+        cuda_measurements = cuda_rows
+    combine_block, scatter_block, blocks = block_sizes(plan, device, workload)
     log(f"  fastest blocks: combine {combine_block}, scatter {scatter_block}")
     thresholds = tuning.Thresholds(
         cuda_fused_max_rows=tuning.DEFAULTS.cuda_fused_max_rows if cuda_max_rows is None else cuda_max_rows,
         triton_fused_forward_max_m=forward_max_m, triton_fused_wgrad_max_m=wgrad_max_m,
         combine_block=combine_block, scatter_block=scatter_block)
-    measurements = {"weight": {"N": N, "K": K, "expansion": EXPANSION}, "dtype": "bfloat16-autocast",
+    measurements = {"workload": {"N": workload.n, "K": workload.k, "expansion": workload.expansion,
+                                 "dtype": str(workload.dtype).removeprefix("torch.")},
                     "repeats": plan.repeats, "warmup": plan.warmup, "triton_crossover": crossover,
-                    "cuda_small_m": cuda_rows if cuda_max_rows is not None else
-                    {"not_measured": BACKENDS["cuda"].unavailable(device)},
-                    "blocks": blocks, "cuda_kernels_built": ops.HAS_CUDA_KERNELS}
-    return tuning.Table(gpu=tuning.device_gpu(device), majority_kernels=__version__, thresholds=thresholds,
-                        torch=torch.__version__, triton=triton.__version__,
+                    "cuda_small_m": cuda_measurements, "blocks": blocks}
+    return tuning.Table(gpu=gpu, majority_kernels=__version__, thresholds=thresholds, torch=torch.__version__,
+                        triton=triton.__version__,
                         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                        quick=quick, measurements=measurements)
+                        quick=plan.name != "full", measurements=measurements)
 
 
 def write(table: tuning.Table, folder: Optional[Path]) -> Path:

@@ -253,3 +253,25 @@ def test_lookup_traces_under_compile(measured):
         assert torch.compile(scaled, fullgraph=True)(torch.ones(2)).tolist() == [MEASURED.combine_block] * 2
         tuning.for_device(torch.device("cuda", 0))  # eager: fills the cache for the second round
     torch._dynamo.reset()
+
+
+@needs_triton
+def test_tune_measures_and_writes_a_table_on_the_interpreter(folders, on_gpu):
+    """The measuring code end to end on a tiny layer in Triton's interpreter (its timings mean nothing here): a
+    valid table, in force once written."""
+    plan = tune.Plan("test", triton_ms=(1, 16), cuda_rows=(1,), blocks=(16, 32), repeats=1, warmup=0)
+    workload = tune.Workload(n=8, k=16, expansion=2, dtype=torch.float32)
+    lines = []
+    table = tune.run(plan, torch.device("cpu"), workload, log=lines.append)
+    assert table.gpu == GPU and table.majority_kernels == mk.__version__ and table.quick
+    measured = table.thresholds
+    assert measured.triton_fused_forward_max_m in (0, 1, 16) and measured.triton_fused_wgrad_max_m in (0, 1, 16)
+    assert measured.combine_block in plan.blocks and measured.scatter_block in plan.blocks
+    # No CUDA kernels on CPU tensors: not measured, the default kept, and said so.
+    assert measured.cuda_fused_max_rows == tuning.DEFAULTS.cuda_fused_max_rows
+    assert "not_measured" in table.measurements["cuda_small_m"] and any("not measured" in line for line in lines)
+    assert {row["M"] for row in table.measurements["triton_crossover"]} <= {1, 16}
+    assert len(table.measurements["blocks"]) == 2 * len(plan.blocks)
+    path = tune.write(table, None)
+    assert path.parent == folders[0] and tuning.read(path) == table
+    assert tuning.for_device(torch.device("cuda")) == measured
