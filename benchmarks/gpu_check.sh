@@ -112,6 +112,7 @@ if [[ $part == quick ]]; then
     --expansion 4 --dtype bf16 --only linear,kernels --repeats 10 --warmup 2 --output "$out/$gpu-bench"
   step tune 50 "$python" -m majority_kernels tune --device cuda --quick --output "$out"
   record_steps
+  echo "== summary (failed steps: ${failed[*]:-none}; logs and results in $out)"
   "$python" benchmarks/gpu_summary.py "$out" "$gpu" | tee "$prefix-summary.txt"
 else
   # Without torch's caching allocator every tensor is its own allocation, so memcheck sees any access past a
@@ -133,6 +134,6 @@ else
   # The rest of the time; one file per worker keeps the two-process distributed tests together.
   step suite $((deadline - SECONDS)) "${pytest[@]}" ${workers[@]+"${workers[@]}" --dist loadfile}
   record_steps
+  echo "== full: failed steps: ${failed[*]:-none}; logs and results in $out"
 fi
-echo "== $part: failed steps: ${failed[*]:-none}; logs and results in $out"
 ((${#failed[@]} == 0))

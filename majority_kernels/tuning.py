@@ -220,7 +220,7 @@ def for_device(device: torch.device) -> Thresholds:
     if found is not None:
         return found
     gpu = device_gpu(device)
-    table = None if gpu is None else _loaded.tables.get(gpu)
+    table = None if gpu is None else table_for(gpu)
     found = DEFAULTS if table is None else table.thresholds
     # While torch.compile traces, nothing is noted or cached (side effects it would have to replay); eager calls do.
     if not torch.compiler.is_compiling():

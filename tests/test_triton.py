@@ -584,8 +584,9 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
     import re
 
     from majority_kernels.triton_kernels import combine, conv, embedding, linear, scatter, tiling, weight_grad
+    from majority_kernels import tune
     from sm90_builds import (SM90_SHARED_LIMIT, build, conv_constants, conv_signature, linear_constants,
-                             linear_signature, rows, weight_grad_constants, weight_grad_signature)
+                             linear_signature, ptxas_report, rows, weight_grad_constants, weight_grad_signature)
 
     def scalar_accesses(built):  # the global loads and stores of the build that are not 16-byte vectors
         accesses = re.findall(r"\\b(?:ld|st)\\.global\\.[\\w:.]+", built.asm["ptx"])
@@ -603,6 +604,15 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
                           divisible=divisible)
     for built in (combined, scattered):
         assert [access[-3:] for access in scalar_accesses(built)] == ["b64"], scalar_accesses(built)
+    # Every block size `majority-kernels tune` can choose builds without spills, for one and two groups of copies.
+    for block in sorted({block for plan in tune.PLANS.values() for block in plan.blocks}):
+        for expansion in (4, 8):
+            for built in (build(combine.combine_kernel, {"weight_ptr": "*fp32", "out_ptr": "*bf16", **elementwise},
+                                {"EXPANSION": expansion, "MATH64": False, "BLOCK": block}, divisible=("numel",)),
+                          build(scatter.scatter_kernel, {"grad_ptr": "*bf16", "out_ptr": "*fp32", **elementwise},
+                                {"EXPANSION": expansion, "MATH64": False, "MODE": 1, "HAS_GRAD": True,
+                                 "BLOCK": block}, divisible=("numel",))):
+                assert ptxas_report(built.asm["ptx"])[1] == 0, (block, expansion, built.name)
     lookups = {"indices_ptr": "*i64", "seed_ptr": "*i64", "offset": "i64", "lookups": "i32", "rows": "i32",
                "dim": "i32"}
     build(embedding.scatter_add_kernel, {"grad_ptr": "*bf16", "out_ptr": "*fp32", **lookups},
