@@ -93,6 +93,8 @@ has_cuda_kernels() {
   "$python" -c 'from majority_kernels import ops; raise SystemExit(not ops.HAS_CUDA_KERNELS)' 2>/dev/null
 }
 if [[ $part == quick ]] || ! has_cuda_kernels; then
+  "$python" -c 'from torch.utils import cpp_extension as c; raise SystemExit(not c.is_ninja_available())' ||
+    echo "   (no ninja: the build runs one file at a time, MAX_JOBS unused)"
   arch=$("$python" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
   step build 150 env TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" FORCE_CUDA=1 \
     "$python" -m pip install --no-build-isolation --no-deps -e . || { record_steps; exit 1; }

@@ -275,3 +275,21 @@ def test_tune_measures_and_writes_a_table_on_the_interpreter(folders, on_gpu):
     path = tune.write(table, None)
     assert path.parent == folders[0] and tuning.read(path) == table
     assert tuning.for_device(torch.device("cuda")) == measured
+
+
+@pytest.mark.gpu
+def test_gpu_lookup_traces_with_the_real_device_properties():
+    """On a GPU, torch.compile folds the device's properties to constants: the uncached lookup traces with
+    fullgraph=True (the GPU's table, or the defaults where it has none)."""
+    tuning.reload()  # nothing cached
+    device = torch.device("cuda", torch.cuda.current_device())
+
+    def blocked(x):
+        return x * tuning.for_device(device).combine_block
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the note for a GPU without a table is given by the eager call below
+        traced = torch.compile(blocked, fullgraph=True)(torch.ones(2, device=device))
+    torch._dynamo.reset()
+    assert traced.tolist() == [tuning.for_device(device).combine_block] * 2
