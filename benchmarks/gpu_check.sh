@@ -17,11 +17,11 @@
 #                             triton paths forced); copy bandwidth, combine / scatter as % of it, saved bytes, peak
 #          tune          30   majority-kernels tune --quick (a first table for this GPU, not one to ship)
 #          summary        2   one screen of the key ratios, from the benchmark's and the tune's JSON
-#   full   memcheck      75   compute-sanitizer memcheck on the CUDA tests (where compute-sanitizer is installed)
-#          crossover     45   the benchmark's M sweep of the Triton paths (where each fused path stops paying)
-#          conv-fused    45   the fused implicit-GEMM convolution against combine + cuDNN on three shapes
+#   full   memcheck      60   compute-sanitizer memcheck on the CUDA tests (where compute-sanitizer is installed)
+#          crossover     40   the benchmark's M sweep of the Triton paths (where each fused path stops paying)
+#          conv-fused    40   the fused implicit-GEMM convolution against combine + cuDNN on three shapes
 #          tune          60   the full majority-kernels tune (the table to ship, into majority_kernels/tuning_tables/)
-#          suite        rest  the whole test suite
+#          suite        rest  the rest of the test suite (all that quick's kernel-tests leave out; ~100 s)
 # Each step is time-boxed and the part as a whole too (GPU_CHECK_SECONDS: 240 for quick, 300 for full); a failed step
 # does not stop the later ones, except a failed build. Logs and JSON go to GPU_CHECK_OUT (default
 # benchmarks/results/gpu-check/), every file named after the GPU: <gpu>-<part>-<step>.log, <gpu>-bench.json / .md,
@@ -105,11 +105,12 @@ fi
 workers=()
 "$python" -c 'import xdist' 2>/dev/null && workers=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))")
 pytest=("$python" -m pytest -q -p no:cacheprovider)
+# quick's kernel tests: the gpu tests of these files but the slow-starting ones, which full's suite runs.
+export KERNEL_FILES="tests/test_cuda.py tests/test_triton.py" SLOW_GPU="(compiled or gradcheck or graph)"
 
 if [[ $part == quick ]]; then
-  # torch.compile, gradcheck and CUDA-graph tests are slow to start: they run with the whole suite in full.
-  step kernel-tests 70 "${pytest[@]}" ${workers[@]+"${workers[@]}"} -m gpu tests/test_cuda.py tests/test_triton.py \
-    -k "not compiled and not gradcheck and not graph"
+  # torch.compile, gradcheck and CUDA-graph tests are slow to start: they run with the rest of the suite in full.
+  step kernel-tests 70 "${pytest[@]}" ${workers[@]+"${workers[@]}"} -m gpu $KERNEL_FILES -k "not $SLOW_GPU"
   step bench 100 "$python" -m majority_kernels bench --device cuda --backend cuda,triton --shapes 8192x4096x4096 \
     --expansion 4 --dtype bf16 --only linear,kernels --repeats 10 --warmup 2 --output "$out/$gpu-bench"
   step tune 50 "$python" -m majority_kernels tune --device cuda --quick --output "$out"
@@ -121,20 +122,25 @@ else
   # tensor's end. (Graph capture needs the caching allocator, and compile / gradcheck are slow here: left out.)
   sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
   if [[ -n $sanitizer ]]; then
-    step memcheck 75 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
-      "${pytest[@]}" -m gpu tests/test_cuda.py -k "not graph and not compiled and not gradcheck"
+    step memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
+      "${pytest[@]}" -m gpu tests/test_cuda.py -k "not $SLOW_GPU"
   else
     echo "== memcheck: skipped, no compute-sanitizer installed"
   fi
-  step crossover 45 "$python" -m majority_kernels bench --device cuda --backend triton --shapes 8192x4096x4096 \
+  step crossover 40 "$python" -m majority_kernels bench --device cuda --backend triton --shapes 8192x4096x4096 \
     --expansion 4 --dtype bf16 --only crossover --repeats 10 --warmup 2 --output "$out/$gpu-crossover"
   # From many output pixels per batch (where redrawing P per pixel tile should lose) to few.
-  step conv-fused 45 "$python" -m majority_kernels bench --device cuda --backend cuda,triton \
+  step conv-fused 40 "$python" -m majority_kernels bench --device cuda --backend cuda,triton \
     --conv-shapes 64x128x128x56x56x3,8x256x256x14x14x3,1x512x512x7x7x3 --expansion 4 --only conv-fused \
     --repeats 10 --warmup 2 --output "$out/$gpu-conv-fused"
-  step tune 75 "$python" -m majority_kernels tune --device cuda --output "$out"
-  # The rest of the time; one file per worker keeps the two-process distributed tests together.
-  step suite $((deadline - SECONDS)) "${pytest[@]}" ${workers[@]+"${workers[@]}" --dist loadfile}
+  step tune 70 "$python" -m majority_kernels tune --device cuda --output "$out"
+  # The rest of the suite, all that quick's kernel tests leave out, in the time left; one file per worker keeps
+  # the two-process distributed tests together.
+  step suite $((deadline - SECONDS)) bash -c 'status=0
+    "$@" $(printf -- "--ignore=%s " $KERNEL_FILES) || status=1
+    "$@" -m "not gpu" $KERNEL_FILES || status=1
+    "$@" -m gpu -k "$SLOW_GPU" $KERNEL_FILES || status=1
+    exit $status' suite "${pytest[@]}" ${workers[@]+"${workers[@]}" --dist loadfile}
   record_steps
   echo "== full: failed steps: ${failed[*]:-none}; logs and results in $out"
 fi
