@@ -105,10 +105,12 @@ class Table:
         if not isinstance(values, dict) or set(values) != names:
             raise ValueError(f"tuning table field 'thresholds' must have exactly the keys {sorted(names)}, got "
                              f"{sorted(values) if isinstance(values, dict) else values!r}")
+        if not isinstance(data.get("measurements", {}), dict):
+            raise ValueError(f"tuning table field 'measurements' must be an object, got {data['measurements']!r}")
         return cls(gpu=data["gpu"], majority_kernels=data["majority_kernels"], thresholds=Thresholds(**values),
                    torch=str(data.get("torch", "")), triton=str(data.get("triton", "")),
                    date=str(data.get("date", "")), quick=bool(data.get("quick", False)),
-                   measurements=dict(data.get("measurements") or {}))
+                   measurements=data.get("measurements", {}))
 
 
 def slug(text: str) -> str:

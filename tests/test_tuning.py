@@ -65,6 +65,7 @@ def test_table_round_trip(tmp_path):
     (lambda data: data["thresholds"].update(combine_block=1000), "combine_block must be a power of two"),
     (lambda data: data["thresholds"].update(cuda_fused_max_rows=-1), "cuda_fused_max_rows must be an integer"),
     (lambda data: data["thresholds"].update(triton_fused_wgrad_max_m="64"), "triton_fused_wgrad_max_m must be"),
+    (lambda data: data.update(measurements=[1]), "'measurements' must be an object"),
 ])
 def test_bad_tables_are_refused_naming_the_field(tmp_path, change, message):
     data = _table().to_json()
