@@ -19,7 +19,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compiler
 
-from majority_kernels.triton_kernels import linear, tiling, weight_grad
+from majority_kernels.triton_kernels import conv, linear, tiling, weight_grad
 
 SM90_SHARED_LIMIT = 227 * 1024  # bytes one program may use on sm_90
 
@@ -66,9 +66,19 @@ def weight_grad_constants(math64: bool, precision: str, tile: dict, expansion: i
             "INPUT_PRECISION": precision, **tile}
 
 
+def sm90_ptxas() -> str:
+    """The ptxas Triton assembles sm_90 code with: per architecture from Triton 3.9 on (ptxas-blackwell for sm_90,
+    whose PTX the older bundled ptxas cannot read), the one bundled ptxas before."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        return get_ptxas(90).path
+    except (ImportError, TypeError, AttributeError):
+        return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
 def ptxas_report(ptx: str) -> tuple:
     """(registers, spill-store bytes) that Triton's ptxas reports for the PTX, or (None, None)."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    ptxas = sm90_ptxas()
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as file:
         file.write(ptx)
         file.flush()
@@ -79,17 +89,36 @@ def ptxas_report(ptx: str) -> tuple:
     return (int(registers.group(1)) if registers else None, int(spills.group(1)) if spills else None)
 
 
-def rows(expansion: int) -> list:
-    """One row per (GEMM, dtype pair, autotuning configuration)."""
-    # (activation, weight, bytes per activation element, math64, input precision): autocast bf16 over float32
-    # weights and float32 with TF32, the two the fused paths serve in training.
-    dtypes = [("bf16", "fp32", 2, False, "ieee"), ("fp32", "fp32", 4, False, "tf32")]
-    gemms = [("linear", linear.mixed_matmul_kernel, linear_signature, linear_constants, True),
-             ("weight_grad", weight_grad._tuned(False), weight_grad_signature, weight_grad_constants, False)]
+def conv_signature(act: str, weight: str) -> dict:
+    return {"x_ptr": f"*{act}", "weight_ptr": f"*{weight}", "bias_ptr": f"*{act}", "out_ptr": f"*{act}",
+            "seed_ptr": "*i64", "offset": "i64",
+            **dict.fromkeys(["C_in", "H", "W", "C_out", "H_out", "W_out", "stride_h", "stride_w", "pad_h", "pad_w",
+                             "dilation_h", "dilation_w", "M", "M_BUCKET"], "i32")}
+
+
+def conv_constants(math64: bool, precision: str, tile: dict, expansion: int = 4) -> dict:
+    return {"KH": 3, "KW": 3, "EXPANSION": expansion, "HAS_BIAS": True, "MATH64": math64, "UPCAST_16BIT": False,
+            "INPUT_PRECISION": precision, **tile}
+
+
+# (name, autotuned kernel, signature, constants, whether the autotuner prunes it by tiling.shared_bytes).
+GEMMS = [("linear", linear.mixed_matmul_kernel, linear_signature, linear_constants, True),
+         ("weight_grad", weight_grad._tuned(False), weight_grad_signature, weight_grad_constants, False),
+         ("conv", conv.mixed_conv2d_kernel, conv_signature, conv_constants, True)]
+# (activation, weight, bytes per activation element, math64, input precision): autocast bf16 over float32 weights
+# and float32 with TF32, the two the fused paths serve in training.
+DTYPES = [("bf16", "fp32", 2, False, "ieee"), ("fp32", "fp32", 4, False, "tf32")]
+
+
+def rows(expansion: int, kept_only: bool = False) -> list:
+    """One row per (GEMM, dtype pair, autotuning configuration); `kept_only`: only the configurations the
+    autotuner's pruning can keep on sm_90 (for a pruned GEMM, the deepest pipeline per tile whose estimate fits)."""
     table = []
-    for name, kernel, signature, constants, pruned in gemms:
-        for act, weight, act_bytes, math64, precision in dtypes:
-            for config in kernel.configs:
+    for name, kernel, signature, constants, pruned in GEMMS:
+        for act, weight, act_bytes, math64, precision in DTYPES:
+            kept = (tiling.deepest_within(kernel.configs, expansion, 4, act_bytes, SM90_SHARED_LIMIT) if pruned
+                    else kernel.configs)
+            for config in kept if kept_only else kernel.configs:
                 built = build(kernel, signature(act, weight), constants(math64, precision, config.kwargs, expansion),
                               config.num_warps, config.num_stages)
                 registers, spills = ptxas_report(built.asm["ptx"])
@@ -97,7 +126,8 @@ def rows(expansion: int) -> list:
                 estimate = tiling.shared_bytes(config, expansion, 4, act_bytes) if pruned else None
                 table.append({"kernel": name, "dtype": f"{act} x {weight}", "tile": config.kwargs,
                               "warps": config.num_warps, "stages": config.num_stages, "registers": registers,
-                              "spill_bytes": spills, "shared": built.metadata.shared, "estimate": estimate})
+                              "spill_bytes": spills, "shared": built.metadata.shared, "estimate": estimate,
+                              "kept": config in kept})
                 print(table[-1], file=sys.stderr, flush=True)
     return table
 
@@ -105,13 +135,14 @@ def rows(expansion: int) -> list:
 def markdown(table: list, expansion: int) -> str:
     lines = [f"# sm_90 builds of the Triton GEMMs (Triton {triton.__version__}, e = {expansion}, no GPU)", "",
              f"`python benchmarks/sm90_builds.py`. Shared memory limit per program on sm_90: {SM90_SHARED_LIMIT} "
-             "bytes. `estimate`: tiling.shared_bytes, which the autotuner prunes by (the linear GEMM only).", "",
-             "| kernel | dtype | tile | warps | stages | registers | spill bytes | shared | estimate |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "bytes. `estimate`: tiling.shared_bytes, which the autotuner prunes by (the linear and conv GEMMs); `kept`: whether "
+             "the pruning can keep the configuration on sm_90.", "",
+             "| kernel | dtype | tile | warps | stages | registers | spill bytes | shared | estimate | kept |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for row in table:
         tile = "x".join(str(value) for key, value in row["tile"].items() if key.startswith("BLOCK"))
         cells = [row["kernel"], row["dtype"], tile, row["warps"], row["stages"], row["registers"],
-                 row["spill_bytes"], row["shared"], row["estimate"]]
+                 row["spill_bytes"], row["shared"], row["estimate"], "yes" if row["kept"] else "no"]
         lines.append("| " + " | ".join("–" if cell is None else str(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -26,13 +26,15 @@ import tempfile
 
 import triton
 
-from majority_kernels import reference
+from majority_kernels import reference, tuning
 from majority_kernels.triton_kernels import combine, linear, scatter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sm90_builds import build, linear_constants, linear_signature  # noqa: E402
 
 EXPANSIONS = (2, 4, 8, 16)
+# The default elements per program (the tuned value of a GPU may differ; per element, the draw costs the same).
+_BLOCK = tuning.DEFAULTS.combine_block
 _TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 # One SASS instruction per line of nvdisasm / cuobjdump: "/*0a40*/  FFMA R3, R2, R5, R3 ;"
 _INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+[A-Z@!]")
@@ -49,14 +51,14 @@ def sass_count(cubin: bytes) -> int:
 
 
 def _elementwise(kernel, signature: dict, expansion: int, extra: dict) -> int:
-    built = build(kernel, signature, {"EXPANSION": expansion, "MATH64": False, "BLOCK": combine.BLOCK, **extra},
+    built = build(kernel, signature, {"EXPANSION": expansion, "MATH64": False, "BLOCK": _BLOCK, **extra},
                   num_warps=combine.NUM_WARPS, divisible=("numel",))
     return sass_count(built.asm["cubin"])
 
 
 def elementwise_instructions(expansion: int) -> tuple:
     """(combine, scatter): SASS instructions per element of the Triton builds, training dtypes, vector path."""
-    per_thread = combine.BLOCK // (32 * combine.NUM_WARPS)
+    per_thread = _BLOCK // (32 * combine.NUM_WARPS)
     pointers = {"seed_ptr": "*i64", "offset": "i64", "numel": "i32"}
     combined = _elementwise(combine.combine_kernel, {"weight_ptr": "*fp32", "out_ptr": "*bf16", **pointers},
                             expansion, {})

@@ -1,4 +1,4 @@
-"""The `majority-kernels` command (also `python -m majority_kernels`). Subcommands: bench, train."""
+"""The `majority-kernels` command (also `python -m majority_kernels`). Subcommands: bench, train, tune."""
 
 from __future__ import annotations
 
@@ -259,12 +259,46 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tune_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tune", help="measure this GPU's dispatch thresholds and block sizes; write its tuning table",
+        description="Measures on the CUDA GPU present where each fused path stops paying (the Triton backend's "
+                    "fused forward and fused dW against combine + cuBLAS over M, the cuda backend's small-M "
+                    "kernel over rows) and the fastest block size of the Triton combine and scatter kernels, then "
+                    "writes the GPU's tuning table, which the dispatch reads from then on (docs/gpu.md).")
+    parser.add_argument("--device", choices=["auto", "cuda"], default="auto",
+                        help="the GPU to tune (the current CUDA device); auto (default): cuda. Needs a CUDA GPU")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer sizes and rounds (about a minute on an H200): a first table, not one to ship")
+    parser.add_argument("--output", metavar="DIR",
+                        help="folder to write <gpu>-mk<version>.json to; default: the user's tuning folder "
+                             "(MK_TUNING_DIR, else $XDG_CACHE_HOME/majority-kernels/tuning, else "
+                             "~/.cache/majority-kernels/tuning)")
+    parser.set_defaults(handler=_tune, parser=parser)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from . import tune  # imports the benchmark's measuring code only when tuning
+
+    why = tune.unavailable()
+    if why is not None:
+        print(why, file=sys.stderr)
+        return 2
+    table = tune.run(tune.PLANS["quick" if args.quick else "full"], torch.device("cuda", torch.cuda.current_device()))
+    path = tune.write(table, Path(args.output) if args.output else None)
+    print("thresholds: " + ", ".join(f"{name} = {value}" for name, value in
+                                     dataclasses.asdict(table.thresholds).items()))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="majority-kernels",
                                      description="majority-kernels: Simulated Overparameterization kernels")
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     _add_bench_parser(subparsers)
     _add_train_parser(subparsers)
+    _add_tune_parser(subparsers)
     return parser
 
 

@@ -16,12 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _environment, ops
+from . import _environment, ops, tuning
 from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
-
-# Input rows up to which the fused forward runs. PROVISIONAL: the kernel's design point (the decode / small-batch
-# regime of issue 4), not yet measured; set it from the GPU benchmark of fused versus combine + cuBLAS.
-FUSED_MAX_ROWS = 16
 
 # Environment override of the choice: "fused" or "combine" forces that path for every shape ("auto": by shape).
 PATH_VARIABLE = "MK_LINEAR_PATH"
@@ -37,8 +33,9 @@ def fused_supports(weight_dtype: torch.dtype, input_dtype: torch.dtype) -> bool:
             or (weight_dtype in _HALF_FLOATS and input_dtype == torch.float32))
 
 
-def linear_path(rows: int, weight_dtype: torch.dtype, input_dtype: torch.dtype) -> str:
-    """"fused" or "combine": the path for `rows` input rows, unless MK_LINEAR_PATH forces one."""
+def linear_path(rows: int, weight_dtype: torch.dtype, input_dtype: torch.dtype, device: torch.device) -> str:
+    """"fused" or "combine": the path for `rows` input rows on `device`, unless MK_LINEAR_PATH forces one. The
+    fused forward runs up to the GPU's tuning.Thresholds.cuda_fused_max_rows rows."""
     forced = _environment.read(PATH_VARIABLE) or "auto"
     if forced not in PATHS:
         raise ValueError(f"{PATH_VARIABLE} must be one of {PATHS}, got {forced!r}")
@@ -47,7 +44,8 @@ def linear_path(rows: int, weight_dtype: torch.dtype, input_dtype: torch.dtype) 
                          f"input {input_dtype}")
     if forced != "auto":
         return forced
-    return "fused" if rows <= FUSED_MAX_ROWS and fused_supports(weight_dtype, input_dtype) else "combine"
+    fused = rows <= tuning.for_device(device).cuda_fused_max_rows and fused_supports(weight_dtype, input_dtype)
+    return "fused" if fused else "combine"
 
 
 def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int,
@@ -58,7 +56,7 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, 
     b = bias.to(out_dtype) if bias is not None else None
     out_features, in_features = weight.shape[1], weight.shape[2]
     rows = math.prod(x.shape[:-1])
-    if linear_path(rows, weight.dtype, out_dtype) == "fused":
+    if linear_path(rows, weight.dtype, out_dtype, weight.device) == "fused":
         y = torch.ops.majority_kernels.mixed_linear(x.reshape(rows, in_features), weight, b, seed, offset)
         return y.view(*x.shape[:-1], out_features)
     return F.linear(x, torch.ops.majority_kernels.combine(weight, seed, offset, out_dtype), b)

@@ -19,7 +19,8 @@ The mixed linear layer has two forward paths and two weight-gradient paths:
   dW "fused":        a Triton GEMM dY^T X whose epilogue writes the copies' gradients P_k * dW_eff.
   dW "scatter":      torch's GEMM for dW_eff, then scatter.
 MK_LINEAR_PATH=fused|combine and MK_WGRAD_PATH=fused|scatter force a path (read when the layer runs, or when
-torch.compile traces it); `force_paths` does the same in a block. Otherwise the batch size M decides.
+torch.compile traces it); `force_paths` does the same in a block. Otherwise the batch size M decides, against
+the GPU's thresholds (majority_kernels.tuning: its measured table, else the unmeasured defaults).
 
 Convolutions run combine, then cuDNN. `conv2d_fused_forward` (the op mixed_conv2d) is a forward-only prototype of
 the alternative, an implicit-GEMM convolution with the mixing fused into its weight-tile load, kept for the
@@ -33,7 +34,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from . import _environment
+from . import _environment, tuning
 from . import _validation as check
 from ._grad_accumulation import accumulated, accumulation_target, copies_gradient, remember_weight, remembered_weight
 from ._mixing_autograd import mixing_autograd
@@ -48,15 +49,6 @@ from .triton_kernels import weight_grad as weight_grad_kernels
 
 NAMESPACE = "majority_kernels_triton"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-# Default path thresholds on M (rows of the input). PROVISIONAL: no GPU was available when they were set; they
-# await the GPU benchmark (`majority-kernels bench` prints the M at which each fused path stops paying).
-# The fused forward redoes the draws of the whole weight for every row tile, so it can only win while one or two
-# row tiles cover M.
-FUSED_FORWARD_MAX_M = 64
-# The fused dW epilogue saves writing and re-reading dW_eff (4 N K bytes in bfloat16) and a launch, but its GEMM
-# tiles are smaller than cuBLAS's: it should win while the GEMM is short.
-FUSED_WGRAD_MAX_M = 1024
 
 FORWARD_PATHS = ("fused", "combine")
 WGRAD_PATHS = ("fused", "scatter")
@@ -102,7 +94,7 @@ def _op(name: str, mutates_args: tuple[str, ...] = ()):
 @_op("combine")
 def _combine(weight: Tensor, seed: Tensor, offset: int, out_dtype: Optional[torch.dtype]) -> Tensor:
     out = weight.new_empty(weight.shape[1:], dtype=out_dtype or weight.dtype)
-    combine_kernels.combine(weight.contiguous(), seed, offset, out)
+    combine_kernels.combine(weight.contiguous(), seed, offset, out, tuning.for_device(out.device).combine_block)
     return out
 
 
@@ -114,7 +106,7 @@ def _(weight, seed, offset, out_dtype):
 @_op("scatter")
 def _scatter(grad: Tensor, seed: Tensor, offset: int, expansion: int, out_dtype: Optional[torch.dtype]) -> Tensor:
     out = grad.new_empty((expansion, *grad.shape), dtype=out_dtype or grad.dtype)
-    scatter_kernels.scatter(grad.contiguous(), seed, offset, out, accumulate=False)
+    scatter_kernels.scatter(grad.contiguous(), seed, offset, out, False, tuning.for_device(out.device).scatter_block)
     return out
 
 
@@ -126,7 +118,8 @@ def _(grad, seed, offset, expansion, out_dtype):
 @_op("scatter_add_", mutates_args=("grad_weight",))
 def _scatter_add_(grad_weight: Tensor, grad: Tensor, seed: Tensor, offset: int) -> None:
     _check_target(grad_weight)
-    scatter_kernels.scatter(grad.contiguous(), seed, offset, grad_weight, accumulate=True)
+    scatter_kernels.scatter(grad.contiguous(), seed, offset, grad_weight, True,
+                            tuning.for_device(grad_weight.device).scatter_block)
 
 
 @_scatter_add_.register_fake
@@ -137,7 +130,7 @@ def _(grad_weight, grad, seed, offset):
 @_op("mixing_weights")
 def _mixing_weights(seed: Tensor, offset: int, expansion: int, numel: int) -> Tensor:
     out = seed.new_empty((expansion, numel), dtype=torch.float32)
-    scatter_kernels.mixing_weights(seed, offset, out)
+    scatter_kernels.mixing_weights(seed, offset, out, tuning.for_device(out.device).scatter_block)
     return out
 
 
@@ -366,18 +359,19 @@ def force_paths(forward: Optional[str] = None, wgrad: Optional[str] = None) -> I
         _forced.pop()
 
 
-def linear_paths(m: int, dtype: torch.dtype) -> tuple[str, str]:
-    """(forward path, dW path) for an input of m rows in the compute dtype: force_paths, else MK_LINEAR_PATH /
-    MK_WGRAD_PATH, else the M thresholds; never a fused path that the installed Triton cannot build for dtype
-    (forcing one raises)."""
+def linear_paths(m: int, dtype: torch.dtype, device: torch.device) -> tuple[str, str]:
+    """(forward path, dW path) for an input of m rows in the compute dtype on `device`: force_paths, else
+    MK_LINEAR_PATH / MK_WGRAD_PATH, else the device's M thresholds (tuning.for_device); never a fused path that
+    the installed Triton cannot build for dtype (forcing one raises)."""
     forward, wgrad = _forced[-1] if _forced else (None, None)
     forward = forward or _env_path("MK_LINEAR_PATH", FORWARD_PATHS)
     wgrad = wgrad or _env_path("MK_WGRAD_PATH", WGRAD_PATHS)
     if "fused" in (forward, wgrad):
         tiling.check_dot_dtype(dtype)
     fusable = tiling.dot_supports(dtype)
-    forward = forward or ("fused" if fusable and m <= FUSED_FORWARD_MAX_M else "combine")
-    wgrad = wgrad or ("fused" if fusable and m <= FUSED_WGRAD_MAX_M else "scatter")
+    thresholds = tuning.for_device(device)
+    forward = forward or ("fused" if fusable and m <= thresholds.triton_fused_forward_max_m else "combine")
+    wgrad = wgrad or ("fused" if fusable and m <= thresholds.triton_fused_wgrad_max_m else "scatter")
     return forward, wgrad
 
 
@@ -446,7 +440,7 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, 
     _check_dtype(out_dtype, "the compute dtype")
     _check_seed(seed, weight.device)
     x = input.to(out_dtype).reshape(math.prod(input.shape[:-1]), input.shape[-1])
-    forward, wgrad = linear_paths(x.shape[0], out_dtype)
+    forward, wgrad = linear_paths(x.shape[0], out_dtype, weight.device)
     out = _MixedLinear.apply(x, weight, None if bias is None else bias.to(out_dtype), seed, offset,
                              forward == "fused", wgrad == "fused")
     return out.view(*input.shape[:-1], weight.shape[1])

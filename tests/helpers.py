@@ -1,5 +1,11 @@
 """Shared helpers of the test suite."""
 
+import ctypes
+import os
+import pathlib
+import shutil
+import subprocess
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -13,6 +19,20 @@ FAST_CPU_BACKENDS = [name for name in CPU_BACKENDS if name != "reference"]
 
 # 9: the largest with the unrolled sorting network; 11: the generic form beyond it.
 EXPANSIONS = [1, 2, 3, 4, 5, 8, 9, 11]
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def host_library(source: str, folder: pathlib.Path) -> ctypes.CDLL:
+    """tests/<source>, C++ that includes the CUDA kernels' torch-free headers, compiled for the CPU with the host
+    compiler and loaded with ctypes (skips the test where there is no C++ compiler)."""
+    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    library = folder / (pathlib.Path(source).stem + ".so")
+    subprocess.run([compiler, "-std=c++17", "-O1", "-shared", "-fPIC", f"-I{ROOT / 'csrc' / 'include'}",
+                    f"-I{ROOT / 'csrc' / 'cuda'}", str(ROOT / "tests" / source), "-o", str(library)], check=True)
+    return ctypes.CDLL(str(library))
 
 
 def _triton_float64_dot() -> bool:

@@ -9,23 +9,22 @@ path choice, the fused op's fake kernel, and, in a CUDA build, that every op has
 """
 
 import ctypes
+import dataclasses
 import importlib.util
 import math
 import os
-import pathlib
 import shutil
 import stat
-import subprocess
 
 import pytest
 import torch
 
 import majority_kernels as mk
-from majority_kernels import backends, cuda_ops, ops, reference
+from majority_kernels import backends, cuda_ops, ops, reference, tuning
 
-from helpers import TOLERANCES, assert_gemm_matches_reference, assert_matches_reference, random_seed
+from helpers import (ROOT, TOLERANCES, assert_gemm_matches_reference, assert_matches_reference, host_library,
+                     random_seed)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 OPS = torch.ops.majority_kernels if ops.HAS_EXTENSION else None
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 # 1..4: one Philox group of draws in registers; from 5 on, several groups and a two-pass scatter.
@@ -108,14 +107,7 @@ def test_toolkit_root_of_the_nvcc_on_path(build_script):
 @pytest.fixture(scope="module")
 def pack_host(tmp_path_factory):
     """tests/cuda_pack_host.cpp compiled with the host C++ compiler and loaded with ctypes."""
-    compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no C++ compiler")
-    library = tmp_path_factory.mktemp("pack_host") / "pack_host.so"
-    subprocess.run([compiler, "-std=c++17", "-O1", "-shared", "-fPIC", f"-I{ROOT / 'csrc' / 'include'}",
-                    f"-I{ROOT / 'csrc' / 'cuda'}", str(ROOT / "tests" / "cuda_pack_host.cpp"), "-o", str(library)],
-                   check=True)
-    return ctypes.CDLL(str(library))
+    return host_library("cuda_pack_host.cpp", tmp_path_factory.mktemp("pack_host"))
 
 
 def _pack_call(pack_host, op, seed, offset, expansion, *tensors_and_flags):
@@ -158,19 +150,24 @@ def test_pack_bodies_match_reference(pack_host, expansion, dtype, numel, misalig
 def test_linear_path_choice(monkeypatch):
     monkeypatch.delenv(cuda_ops.PATH_VARIABLE, raising=False)
     f32, bf16, f64 = torch.float32, torch.bfloat16, torch.float64
-    assert cuda_ops.linear_path(1, f32, bf16) == "fused"
-    assert cuda_ops.linear_path(cuda_ops.FUSED_MAX_ROWS, f32, f32) == "fused"
-    assert cuda_ops.linear_path(cuda_ops.FUSED_MAX_ROWS + 1, f32, f32) == "combine"
-    assert cuda_ops.linear_path(1, f32, f64) == "combine"  # no fused kernel for that pair
+    gpu = torch.device("cuda")
+    # The threshold comes from the GPU's tuning table (tests/test_tuning.py); its value here is the one in force.
+    max_rows = 5
+    monkeypatch.setattr(tuning, "for_device",
+                        lambda device: dataclasses.replace(tuning.DEFAULTS, cuda_fused_max_rows=max_rows))
+    assert cuda_ops.linear_path(1, f32, bf16, gpu) == "fused"
+    assert cuda_ops.linear_path(max_rows, f32, f32, gpu) == "fused"
+    assert cuda_ops.linear_path(max_rows + 1, f32, f32, gpu) == "combine"
+    assert cuda_ops.linear_path(1, f32, f64, gpu) == "combine"  # no fused kernel for that pair
     monkeypatch.setenv(cuda_ops.PATH_VARIABLE, "combine")
-    assert cuda_ops.linear_path(1, f32, f32) == "combine"
+    assert cuda_ops.linear_path(1, f32, f32, gpu) == "combine"
     monkeypatch.setenv(cuda_ops.PATH_VARIABLE, "fused")
-    assert cuda_ops.linear_path(4096, f32, bf16) == "fused"
+    assert cuda_ops.linear_path(4096, f32, bf16, gpu) == "fused"
     with pytest.raises(ValueError, match="no build for weight"):
-        cuda_ops.linear_path(1, f32, f64)
+        cuda_ops.linear_path(1, f32, f64, gpu)
     monkeypatch.setenv(cuda_ops.PATH_VARIABLE, "fastest")
     with pytest.raises(ValueError, match="MK_LINEAR_PATH must be one of"):
-        cuda_ops.linear_path(1, f32, f32)
+        cuda_ops.linear_path(1, f32, f32, gpu)
 
 
 @needs_extension

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import majority_kernels as mk
-from majority_kernels import backends, reference
+from majority_kernels import backends, reference, tuning
 
 from helpers import (EXPANSIONS, TOLERANCES, assert_gemm_matches_reference, assert_matches_reference,
                      needs_float64_dot, random_seed, sgd_losses)
@@ -397,16 +397,17 @@ def test_path_choice(monkeypatch):
     monkeypatch.delenv("MK_LINEAR_PATH", raising=False)
     monkeypatch.delenv("MK_WGRAD_PATH", raising=False)
     f32 = torch.float32
-    assert triton_ops.linear_paths(triton_ops.FUSED_FORWARD_MAX_M, f32) == ("fused", "fused")
-    assert triton_ops.linear_paths(triton_ops.FUSED_WGRAD_MAX_M + 1, f32) == ("combine", "scatter")
+    thresholds = tuning.for_device(DEVICE)
+    assert triton_ops.linear_paths(thresholds.triton_fused_forward_max_m, f32, DEVICE) == ("fused", "fused")
+    assert triton_ops.linear_paths(thresholds.triton_fused_wgrad_max_m + 1, f32, DEVICE) == ("combine", "scatter")
     monkeypatch.setenv("MK_LINEAR_PATH", "combine")
     monkeypatch.setenv("MK_WGRAD_PATH", " Scatter ")
-    assert triton_ops.linear_paths(1, f32) == ("combine", "scatter")
+    assert triton_ops.linear_paths(1, f32, DEVICE) == ("combine", "scatter")
     with triton_ops.force_paths("fused"):
-        assert triton_ops.linear_paths(1, f32) == ("fused", "scatter")
+        assert triton_ops.linear_paths(1, f32, DEVICE) == ("fused", "scatter")
     monkeypatch.setenv("MK_LINEAR_PATH", "cublas")
     with pytest.raises(ValueError, match="MK_LINEAR_PATH must be one of fused, combine"):
-        triton_ops.linear_paths(1, f32)
+        triton_ops.linear_paths(1, f32, DEVICE)
     with pytest.raises(ValueError, match="wgrad path must be one of"):
         with triton_ops.force_paths(wgrad="epilogue"):
             pass
@@ -418,8 +419,8 @@ def test_float64_without_float64_dot_takes_the_combine_paths(monkeypatch, genera
     monkeypatch.delenv("MK_LINEAR_PATH", raising=False)
     monkeypatch.delenv("MK_WGRAD_PATH", raising=False)
     monkeypatch.setattr(tiling, "FLOAT64_DOT", False)
-    assert triton_ops.linear_paths(1, torch.float64) == ("combine", "scatter")
-    assert triton_ops.linear_paths(1, torch.float32) == ("fused", "fused")
+    assert triton_ops.linear_paths(1, torch.float64, DEVICE) == ("combine", "scatter")
+    assert triton_ops.linear_paths(1, torch.float32, DEVICE) == ("fused", "fused")
     x = _randn(3, 5, generator=generator, dtype=torch.float64)
     w = _randn(2, 4, 5, generator=generator, dtype=torch.float64)
     with _triton():
@@ -569,9 +570,12 @@ def test_bench_crossover_sweep():
     assert {row["variant"] for row in timings if row["M"] == 1} == {runner.COMBINE, runner.FUSED_FORWARD,
                                                                      runner.FUSED_WGRAD}
     summary = rows[-1]
-    assert summary["variant"] == "summary" and summary["fused_forward_max_m"] == triton_ops.FUSED_FORWARD_MAX_M
+    thresholds = tuning.for_device(DEVICE)
+    assert summary["variant"] == "summary"
+    assert summary["fused_forward_max_m"] == thresholds.triton_fused_forward_max_m
     text = bench.report.crossover_summary(rows)
-    assert text.startswith("- weight 8x16, e = 2: the fused forward ") and "FUSED_WGRAD_MAX_M" in text
+    assert text.startswith("- weight 8x16, e = 2: the fused forward ")
+    assert f"triton_fused_wgrad_max_m = {thresholds.triton_fused_wgrad_max_m}" in text
 
 
 # ---- GPU builds without a GPU --------------------------------------------------------------------------------
@@ -581,8 +585,9 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
     import re
 
     from majority_kernels.triton_kernels import combine, conv, embedding, linear, scatter, tiling, weight_grad
-    from sm90_builds import (SM90_SHARED_LIMIT, build, linear_constants, linear_signature, weight_grad_constants,
-                             weight_grad_signature)
+    from majority_kernels import tune
+    from sm90_builds import (SM90_SHARED_LIMIT, build, conv_constants, conv_signature, linear_constants,
+                             linear_signature, ptxas_report, rows, weight_grad_constants, weight_grad_signature)
 
     def scalar_accesses(built):  # the global loads and stores of the build that are not 16-byte vectors
         accesses = re.findall(r"\\b(?:ld|st)\\.global\\.[\\w:.]+", built.asm["ptx"])
@@ -600,6 +605,15 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
                           divisible=divisible)
     for built in (combined, scattered):
         assert [access[-3:] for access in scalar_accesses(built)] == ["b64"], scalar_accesses(built)
+    # Every block size `majority-kernels tune` can choose builds without spills, for one and two groups of copies.
+    for block in sorted({block for plan in tune.PLANS.values() for block in plan.blocks}):
+        for expansion in (4, 8):
+            for built in (build(combine.combine_kernel, {"weight_ptr": "*fp32", "out_ptr": "*bf16", **elementwise},
+                                {"EXPANSION": expansion, "MATH64": False, "BLOCK": block}, divisible=("numel",)),
+                          build(scatter.scatter_kernel, {"grad_ptr": "*bf16", "out_ptr": "*fp32", **elementwise},
+                                {"EXPANSION": expansion, "MATH64": False, "MODE": 1, "HAS_GRAD": True,
+                                 "BLOCK": block}, divisible=("numel",))):
+                assert ptxas_report(built.asm["ptx"])[1] == 0, (block, expansion, built.name)
     lookups = {"indices_ptr": "*i64", "seed_ptr": "*i64", "offset": "i64", "lookups": "i32", "rows": "i32",
                "dim": "i32"}
     build(embedding.scatter_add_kernel, {"grad_ptr": "*bf16", "out_ptr": "*fp32", **lookups},
@@ -615,23 +629,20 @@ _COMPILE_FOR_SM90 = textwrap.dedent("""
         build(weight_grad.weight_grad_kernel, weight_grad_signature(act, weight),
               weight_grad_constants(math64, precision, {"BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_M": 32, "GROUP_N": 8},
                                     expansion=5), num_warps=8)
-        build(conv.mixed_conv2d_kernel, {
-            "x_ptr": f"*{act}", "weight_ptr": f"*{weight}", "bias_ptr": f"*{act}", "out_ptr": f"*{act}",
-            "seed_ptr": "*i64", "offset": "i64",
-            **dict.fromkeys(["C_in", "H", "W", "C_out", "H_out", "W_out", "stride_h", "stride_w", "pad_h",
-                             "pad_w", "dilation_h", "dilation_w", "M", "M_BUCKET"], "i32")},
-            {"KH": 3, "KW": 3, "EXPANSION": 4, "HAS_BIAS": True, "MATH64": math64, "UPCAST_16BIT": False,
-             "INPUT_PRECISION": precision, "BLOCK_M": 128, "BLOCK_P": 64, "BLOCK_Q": 32, "GROUP_M": 8},
-            num_warps=8)
-    # The autotuner keeps the deepest pipeline that tiling.shared_bytes says fits: none that it keeps may build
-    # over sm_90's 227 KiB. Checked on the largest tiles (float32, 128 rows, 3 stages), where one of them does not
-    # fit with Triton 3.6 and 3.9 (Triton 3.0 pipelines these loads less: the estimate is cautious there).
-    for config in linear.mixed_matmul_kernel.configs:
-        if config.kwargs["BLOCK_M"] == 128 and config.num_stages == 3:
-            built = build(linear.mixed_matmul_kernel, linear_signature("fp32", "fp32"),
-                          linear_constants(False, "tf32", config.kwargs), config.num_warps, config.num_stages)
-            estimate, limit = tiling.shared_bytes(config, 4, 4, 4), SM90_SHARED_LIMIT
-            assert estimate > limit or built.metadata.shared <= limit, (config, built.metadata.shared, estimate)
+        build(conv.mixed_conv2d_kernel, conv_signature(act, weight),
+              conv_constants(math64, precision, {"BLOCK_M": 128, "BLOCK_P": 64, "BLOCK_Q": 32, "GROUP_M": 8}),
+              num_warps=8)
+    # Every configuration of the GEMMs that the autotuner's pruning can keep on sm_90, per dtype pair the fused paths
+    # serve in training: none may build over sm_90's 227 KiB of shared memory (the pruning's estimate must not let
+    # one through), nor spill more than SPILL_BUDGET bytes per thread. The worst of them spill 76 bytes with
+    # Triton 3.6 (benchmarks/results/sm90-builds-triton-3.6.0.md) and 176 with Triton 3.9, both 128-row tiles of
+    # the linear GEMM.
+    SPILL_BUDGET = 192
+    kept = rows(4, kept_only=True)
+    assert {row["kernel"] for row in kept} == {"linear", "weight_grad", "conv"}
+    over = [row for row in kept if row["shared"] > SM90_SHARED_LIMIT or row["spill_bytes"] is None
+            or row["spill_bytes"] > SPILL_BUDGET]
+    assert not over, over
     print("built")
 """)
 

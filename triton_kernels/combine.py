@@ -6,9 +6,8 @@ import triton.language as tl
 
 from .mixing import cast_to, mix
 
-# Elements per program: 1024 over 4 warps gives each thread 8 contiguous elements per copy (wide loads); a fixed
-# choice for a memory-bound kernel, to revisit with the GPU benchmark.
-BLOCK = 1024
+# The elements per program (BLOCK) are the launcher's argument: the GPU's tuned value (majority_kernels.tuning),
+# spread over 4 warps.
 NUM_WARPS = 4
 
 
@@ -22,11 +21,12 @@ def combine_kernel(weight_ptr, out_ptr, seed_ptr, offset, numel, EXPANSION: tl.c
     tl.store(out_ptr + index, cast_to(mixed, out_ptr.dtype.element_ty), mask=in_bounds)
 
 
-def combine(weight: torch.Tensor, seed: torch.Tensor, offset: int, out: torch.Tensor) -> None:
-    """out = sum_k P_k * weight[k] for a contiguous weight [e, *shape] and a contiguous out [*shape]."""
+def combine(weight: torch.Tensor, seed: torch.Tensor, offset: int, out: torch.Tensor, block: int) -> None:
+    """out = sum_k P_k * weight[k] for a contiguous weight [e, *shape] and a contiguous out [*shape], `block`
+    elements (a power of two) per program."""
     numel = out.numel()
     if numel == 0:
         return
     math64 = torch.float64 in (weight.dtype, out.dtype)
-    combine_kernel[(triton.cdiv(numel, BLOCK),)](weight, out, seed, offset, numel, EXPANSION=weight.shape[0],
-                                                 MATH64=math64, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    combine_kernel[(triton.cdiv(numel, block),)](weight, out, seed, offset, numel, EXPANSION=weight.shape[0],
+                                                 MATH64=math64, BLOCK=block, num_warps=NUM_WARPS)

@@ -8,8 +8,7 @@ import triton.language as tl
 
 from .mixing import ADD, STORE, spread
 
-# See combine.BLOCK; here each thread holds the sorted draws of its elements.
-BLOCK = 1024
+# As combine's, the block is the launchers' argument; here each thread holds the sorted draws of its elements.
 NUM_WARPS = 4
 
 
@@ -26,21 +25,24 @@ def scatter_kernel(grad_ptr, out_ptr, seed_ptr, offset, numel, EXPANSION: tl.con
            EXPANSION, MATH64, MODE)
 
 
-def _launch(grad: Optional[torch.Tensor], out: torch.Tensor, seed: torch.Tensor, offset: int, mode: int) -> None:
+def _launch(grad: Optional[torch.Tensor], out: torch.Tensor, seed: torch.Tensor, offset: int, mode: int,
+            block: int) -> None:
     numel = out[0].numel()
     if numel == 0:
         return
     math64 = torch.float64 in (out.dtype, grad.dtype if grad is not None else out.dtype)
-    scatter_kernel[(triton.cdiv(numel, BLOCK),)](grad if grad is not None else out, out, seed, offset, numel,
+    scatter_kernel[(triton.cdiv(numel, block),)](grad if grad is not None else out, out, seed, offset, numel,
                                                  EXPANSION=out.shape[0], MATH64=math64, MODE=mode,
-                                                 HAS_GRAD=grad is not None, BLOCK=BLOCK, num_warps=NUM_WARPS)
+                                                 HAS_GRAD=grad is not None, BLOCK=block, num_warps=NUM_WARPS)
 
 
-def scatter(grad: torch.Tensor, seed: torch.Tensor, offset: int, out: torch.Tensor, accumulate: bool) -> None:
-    """out[k] = P_k * grad (or out[k] += P_k * grad) for a contiguous grad [*shape] and out [e, *shape]."""
-    _launch(grad, out, seed, offset, ADD if accumulate else STORE)
+def scatter(grad: torch.Tensor, seed: torch.Tensor, offset: int, out: torch.Tensor, accumulate: bool,
+            block: int) -> None:
+    """out[k] = P_k * grad (or out[k] += P_k * grad) for a contiguous grad [*shape] and out [e, *shape], `block`
+    elements (a power of two) per program."""
+    _launch(grad, out, seed, offset, ADD if accumulate else STORE, block)
 
 
-def mixing_weights(seed: torch.Tensor, offset: int, out: torch.Tensor) -> None:
+def mixing_weights(seed: torch.Tensor, offset: int, out: torch.Tensor, block: int) -> None:
     """out[k, i] = P[k, i] for a contiguous out [e, numel] (float32, or float64 computed in float64)."""
-    _launch(None, out, seed, offset, STORE)
+    _launch(None, out, seed, offset, STORE, block)

@@ -88,17 +88,22 @@ def shared_memory_limit(device: torch.device) -> int:
     return getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 65536)
 
 
-def deepest_fitting(configs_: list, expansion: int, weight: torch.Tensor, a: torch.Tensor) -> list:
-    """Per tile shape (BLOCK_M, BLOCK_P, BLOCK_Q), the configuration with the most stages whose buffers fit in
-    shared memory (one stage always does), for a GEMM that mixes the `expansion` copies `weight` as it loads them
-    against the operand `a`."""
-    limit = shared_memory_limit(weight.device)
+def deepest_within(configs_: list, expansion: int, weight_bytes: int, input_bytes: int, limit: int) -> list:
+    """Per tile shape (BLOCK_M, BLOCK_P, BLOCK_Q), the configuration with the most stages whose buffers
+    (shared_bytes) fit in `limit` bytes (one stage always does)."""
     chosen: dict = {}
     for config in configs_:
         kw = config.kwargs
         tile = (kw["BLOCK_M"], kw["BLOCK_P"], kw["BLOCK_Q"])
-        fits = shared_bytes(config, expansion, weight.element_size(), a.element_size()) <= limit
+        fits = shared_bytes(config, expansion, weight_bytes, input_bytes) <= limit
         best = chosen.get(tile)
         if (fits or config.num_stages == 1) and (best is None or config.num_stages > best.num_stages):
             chosen[tile] = config
     return list(chosen.values())
+
+
+def deepest_fitting(configs_: list, expansion: int, weight: torch.Tensor, a: torch.Tensor) -> list:
+    """deepest_within the shared memory of weight's device, for a GEMM that mixes the `expansion` copies `weight`
+    as it loads them against the operand `a`."""
+    return deepest_within(configs_, expansion, weight.element_size(), a.element_size(),
+                          shared_memory_limit(weight.device))

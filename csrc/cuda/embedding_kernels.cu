@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -26,15 +27,13 @@ __global__ void __launch_bounds__(kThreads)
                              bool vector) {
   constexpr int N = kVectorBytes / sizeof(scalar_t);
   const MixingArgs m = load_mixing(seed, offset, expansion);
-  const int64_t packs_per_row = (dim + N - 1) / N;
-  const int64_t packs = lookups * packs_per_row;
-  for (int64_t pack = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack < packs;
-       pack += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t lookup = pack / packs_per_row;
-    const int64_t d = (pack % packs_per_row) * N;
+  const int64_t packs = lookups * pack_count(dim, N);
+  for (const int64_t pack : grid_stride(packs, blockIdx.x, blockDim.x, gridDim.x, threadIdx.x)) {
+    const RowPack at = row_pack(pack, dim, N);
+    const int64_t lookup = at.lookup, d = at.column;
+    const int valid = at.valid;
     const int64_t row = indices[lookup];
     CUDA_KERNEL_ASSERT_MSG(row >= 0 && row < rows, "majority_kernels.embedding_combine: index out of range");
-    const int valid = static_cast<int>(min(static_cast<int64_t>(N), dim - d));
     const bool full = vector && valid == N;
     const int64_t element = row * dim + d;
     math_t<scalar_t> mixed[N];
@@ -52,15 +51,13 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int N = kVectorBytes / sizeof(scalar_t);
   using T = math_t<scalar_t>;
   const MixingArgs m = load_mixing(seed, offset, expansion);
-  const int64_t packs_per_row = (dim + N - 1) / N;
-  const int64_t packs = lookups * packs_per_row;
-  for (int64_t pack = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack < packs;
-       pack += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t lookup = pack / packs_per_row;
-    const int64_t d = (pack % packs_per_row) * N;
+  const int64_t packs = lookups * pack_count(dim, N);
+  for (const int64_t pack : grid_stride(packs, blockIdx.x, blockDim.x, gridDim.x, threadIdx.x)) {
+    const RowPack at = row_pack(pack, dim, N);
+    const int64_t lookup = at.lookup, d = at.column;
+    const int valid = at.valid;
     const int64_t row = indices[lookup];
     CUDA_KERNEL_ASSERT_MSG(row >= 0 && row < rows, "majority_kernels.embedding_scatter_add_: index out of range");
-    const int valid = static_cast<int>(min(static_cast<int64_t>(N), dim - d));
     const Pack<T, N> values = load_pack<N>(grad + lookup * dim + d, valid, vector && valid == N);
     const int64_t element = row * dim + d;
     scalar_t* target = grad_weight + element;
@@ -111,11 +108,11 @@ at::Tensor embedding_combine(const at::Tensor& weight, const at::Tensor& indices
       constexpr int N = kVectorBytes / sizeof(scalar_t);
       const scalar_t* w = table.const_data_ptr<scalar_t>();
       out_t* o = out.mutable_data_ptr<out_t>();
-      const bool vector =
-          is_aligned(w, alignof(Pack<scalar_t, N>)) && is_aligned(o, alignof(Pack<out_t, N>)) && dim % N == 0;
+      // Rows of the table and of the output start at multiples of dim.
+      const bool vector = vector_access_at(w, o, dim, N, std::max(expansion * rows, lookups));
       dispatch_expansion(expansion, [&](auto fixed) {
         embedding_combine_kernel<decltype(fixed)::value, scalar_t>
-            <<<blocks_for(lookups * ((dim + N - 1) / N)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            <<<blocks_for(lookups * pack_count(dim, N)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
                 w, rows_looked_up.const_data_ptr<int64_t>(), o, lookups, rows, dim, seed_ptr,
                 static_cast<uint64_t>(offset), expansion, vector);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -152,10 +149,10 @@ void embedding_scatter_add_(at::Tensor& grad_weight, const at::Tensor& grad, con
     using T = math_t<scalar_t>;
     constexpr int N = kVectorBytes / sizeof(scalar_t);
     const T* gp = g.const_data_ptr<T>();
-    const bool vector = is_aligned(gp, alignof(Pack<T, N>)) && dim % N == 0;
+    const bool vector = vector_access_at(gp, gp, dim, N, lookups);
     dispatch_expansion(expansion, [&](auto fixed) {
       embedding_scatter_add_kernel<decltype(fixed)::value, scalar_t>
-          <<<blocks_for(lookups * ((dim + N - 1) / N)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          <<<blocks_for(lookups * pack_count(dim, N)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
               gp, rows_looked_up.const_data_ptr<int64_t>(), grad_weight.mutable_data_ptr<scalar_t>(), lookups, rows,
               dim, seed_ptr, static_cast<uint64_t>(offset), expansion, vector);
       C10_CUDA_KERNEL_LAUNCH_CHECK();

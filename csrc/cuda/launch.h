@@ -7,13 +7,12 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <algorithm>
 #include <cstdint>
+
+#include "launch_config.h"
 
 namespace majority_kernels {
 namespace cuda {
-
-constexpr int kThreads = 256;
 
 inline void check_cuda_floating(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.is_cuda(), "majority_kernels.", op, ": ", name, " must be a CUDA tensor for the CUDA kernels, got ",
@@ -41,17 +40,18 @@ inline const int64_t* seed_pointer(const at::Tensor& seed, const at::Tensor& lik
   return seed.const_data_ptr<int64_t>();
 }
 
-inline bool is_aligned(const void* p, size_t alignment) {
-  return reinterpret_cast<uintptr_t>(p) % alignment == 0;
+// launch_config.h's vector_access for packs of `lanes` elements at a and b (a pack of T[lanes] is aligned to its
+// size, mixing_device.cuh's Pack).
+template <typename T, typename U>
+bool vector_access_at(const T* a, const U* b, int64_t stride, int lanes, int64_t segments) {
+  return vector_access(reinterpret_cast<uintptr_t>(a), sizeof(T) * lanes, reinterpret_cast<uintptr_t>(b),
+                       sizeof(U) * lanes, stride, lanes, segments);
 }
 
-// Blocks for a grid-stride loop over `items` work items of one thread each: enough to fill every SM, no more.
+// Blocks for a grid-stride loop over `items` work items of one thread each on the current device.
 inline unsigned int blocks_for(int64_t items) {
-  const int64_t wanted = (items + kThreads - 1) / kThreads;
   const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
-  const int64_t resident =
-      static_cast<int64_t>(device->multiProcessorCount) * (device->maxThreadsPerMultiProcessor / kThreads);
-  return static_cast<unsigned int>(std::max<int64_t>(1, std::min(wanted, resident)));
+  return grid_blocks(items, device->multiProcessorCount, device->maxThreadsPerMultiProcessor);
 }
 
 // The pairs of (input, output) dtypes the elementwise kernels are built for: the same dtype, and float32 with a

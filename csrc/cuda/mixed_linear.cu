@@ -22,7 +22,6 @@ namespace {
 
 // Input rows per tile (grid dimension y): the partial sums each lane keeps in registers.
 constexpr int kRowsPerTile = 16;
-constexpr int kWarpSize = 32;
 constexpr int kWarpsPerBlock = kThreads / kWarpSize;
 
 // out[r, n] = sum_i input[r, i] * W_eff[n, i] + bias[n] for the rows r of the tile blockIdx.y.
@@ -36,17 +35,17 @@ __global__ void __launch_bounds__(kThreads)
   const MixingArgs m = load_mixing(seed, offset, expansion);
   const int lane = threadIdx.x % kWarpSize;
   const int64_t first_row = static_cast<int64_t>(blockIdx.y) * kRowsPerTile;
-  const int tile_rows = static_cast<int>(min(static_cast<int64_t>(kRowsPerTile), rows - first_row));
+  const int tile_rows = rows_in_tile(rows, blockIdx.y, kRowsPerTile);
   const x_t* x = input + first_row * features_in;
   const int64_t copy_stride = features_out * features_in;
-  for (int64_t n = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize; n < features_out;
-       n += static_cast<int64_t>(gridDim.x) * kWarpsPerBlock) {
+  // One warp per output feature n.
+  for (const int64_t n : grid_stride(features_out, blockIdx.x, kWarpsPerBlock, gridDim.x, threadIdx.x / kWarpSize)) {
     T acc[kRowsPerTile];
 #pragma unroll
     for (int r = 0; r < kRowsPerTile; ++r) acc[r] = T(0);
     const int64_t row_start = n * features_in;
-    for (int64_t i = static_cast<int64_t>(lane) * N; i < features_in; i += kWarpSize * N) {
-      const int valid = static_cast<int>(min(static_cast<int64_t>(N), features_in - i));
+    for (const int64_t i : Strided(static_cast<int64_t>(lane) * N, kWarpSize * N, features_in)) {
+      const int valid = valid_lanes(features_in, i, N);
       T mixed[N];
       mix_pack<E, N>(m, weight + row_start + i, copy_stride, row_start + i, valid, vector_weight && valid == N, mixed);
 #pragma unroll
@@ -102,8 +101,8 @@ at::Tensor mixed_linear(const at::Tensor& input, const at::Tensor& weight, const
   const int64_t expansion = copies.size(0), features_out = copies.size(1);
   at::Tensor out = at::empty({rows, features_out}, x.options());
   if (rows == 0 || features_out == 0) return out;
-  const int64_t tiles = (rows + kRowsPerTile - 1) / kRowsPerTile;
-  TORCH_CHECK(tiles <= 65535, "majority_kernels.mixed_linear: at most ", 65535 * kRowsPerTile,
+  const int64_t tiles = ceil_div(rows, kRowsPerTile);
+  TORCH_CHECK(tiles <= kMaxGridY, "majority_kernels.mixed_linear: at most ", kMaxGridY * kRowsPerTile,
               " input rows (the fused path is meant for few rows), got ", rows);
   // One warp (kWarpSize threads) per output feature.
   const dim3 grid(blocks_for(features_out * kWarpSize), static_cast<unsigned int>(tiles));
@@ -115,8 +114,8 @@ at::Tensor mixed_linear(const at::Tensor& input, const at::Tensor& weight, const
     const w_t* w = copies.const_data_ptr<w_t>();
     const x_t* xp = x.const_data_ptr<x_t>();
     // Row n of copy k starts at (k * out_features + n) * in_features: aligned packs need in_features % N == 0.
-    const bool vector_weight = is_aligned(w, alignof(Pack<w_t, N>)) && features_in % N == 0;
-    const bool vector_input = is_aligned(xp, alignof(Pack<x_t, N>)) && features_in % N == 0;
+    const bool vector_weight = vector_access_at(w, w, features_in, N, expansion * features_out);
+    const bool vector_input = vector_access_at(xp, xp, features_in, N, rows);
     dispatch_expansion(expansion, [&](auto fixed) {
       mixed_linear_kernel<decltype(fixed)::value, w_t, x_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
           xp, w, bias.has_value() ? bias_values.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<x_t>(), rows,

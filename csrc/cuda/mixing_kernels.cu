@@ -26,9 +26,7 @@ __global__ void __launch_bounds__(kThreads)
                    int64_t expansion, bool vector) {
   constexpr int N = kVectorBytes / sizeof(in_t);
   const MixingArgs m = load_mixing(seed, offset, expansion);
-  const int64_t packs = (numel + N - 1) / N;
-  for (int64_t pack = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack < packs;
-       pack += static_cast<int64_t>(gridDim.x) * blockDim.x)
+  for (const int64_t pack : grid_stride(pack_count(numel, N), blockIdx.x, blockDim.x, gridDim.x, threadIdx.x))
     combine_at<E>(m, weight, out, numel, pack, vector);
 }
 
@@ -38,9 +36,7 @@ __global__ void __launch_bounds__(kThreads)
                    int64_t expansion, bool accumulate, bool vector) {
   constexpr int N = kVectorBytes / sizeof(out_t);
   const MixingArgs m = load_mixing(seed, offset, expansion);
-  const int64_t packs = (numel + N - 1) / N;
-  for (int64_t pack = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; pack < packs;
-       pack += static_cast<int64_t>(gridDim.x) * blockDim.x)
+  for (const int64_t pack : grid_stride(pack_count(numel, N), blockIdx.x, blockDim.x, gridDim.x, threadIdx.x))
     scatter_at<E>(m, grad, grad_weight, numel, pack, accumulate, vector);
 }
 
@@ -68,12 +64,11 @@ at::Tensor combine(const at::Tensor& weight, const at::Tensor& seed, int64_t off
       constexpr int N = kVectorBytes / sizeof(in_t);
       const in_t* w = copies.const_data_ptr<in_t>();
       out_t* o = out.mutable_data_ptr<out_t>();
-      // Copy k starts at k * numel: aligned packs in every copy need numel % N == 0.
-      const bool vector = is_aligned(w, alignof(Pack<in_t, N>)) && is_aligned(o, alignof(Pack<out_t, N>)) &&
-                          (expansion == 1 || numel % N == 0);
+      // Copy k starts at k * numel: aligned packs in every copy need numel % N == 0 (vector_access).
+      const bool vector = vector_access_at(w, o, numel, N, expansion);
       dispatch_expansion(expansion, [&](auto fixed) {
         combine_kernel<decltype(fixed)::value, in_t, out_t>
-            <<<blocks_for((numel + N - 1) / N), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            <<<blocks_for(pack_count(numel, N)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
                 w, o, numel, seed_ptr, static_cast<uint64_t>(offset), expansion, vector);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
@@ -98,11 +93,10 @@ void scatter_into(at::Tensor& grad_weight, const at::Tensor& grad, const int64_t
     constexpr int N = kVectorBytes / sizeof(out_t);
     const grad_t* gp = g.const_data_ptr<grad_t>();
     out_t* o = grad_weight.mutable_data_ptr<out_t>();
-    const bool vector = is_aligned(gp, alignof(Pack<grad_t, N>)) && is_aligned(o, alignof(Pack<out_t, N>)) &&
-                        (expansion == 1 || numel % N == 0);
+    const bool vector = vector_access_at(gp, o, numel, N, expansion);
     dispatch_expansion(expansion, [&](auto fixed) {
       scatter_kernel<decltype(fixed)::value, grad_t, out_t>
-          <<<blocks_for((numel + N - 1) / N), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          <<<blocks_for(pack_count(numel, N)), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
               gp, o, numel, seed, static_cast<uint64_t>(offset), expansion, accumulate, vector);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

@@ -207,9 +207,10 @@ def crossover_summary(rows: list[dict]) -> str:
     """One line per swept weight: the M at which each fused path stops paying, next to the thresholds in force."""
     return "\n".join(
         f"- weight {row['shape']}, e = {row['expansion']}: the fused forward "
-        f"{_stop(row['fused_forward_stops_at_m'], row['largest_m'])} (FUSED_FORWARD_MAX_M = "
-        f"{row['fused_forward_max_m']}); the fused dW {_stop(row['fused_wgrad_stops_at_m'], row['largest_m'])} "
-        f"(FUSED_WGRAD_MAX_M = {row['fused_wgrad_max_m']})"
+        f"{_stop(row['fused_forward_stops_at_m'], row['largest_m'])} (threshold in force: "
+        f"triton_fused_forward_max_m = {row['fused_forward_max_m']}); the fused dW "
+        f"{_stop(row['fused_wgrad_stops_at_m'], row['largest_m'])} (triton_fused_wgrad_max_m = "
+        f"{row['fused_wgrad_max_m']})"
         for row in rows if row["variant"] == "summary")
 
 

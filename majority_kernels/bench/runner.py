@@ -14,6 +14,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from . import report
+from .. import tuning
 from ..backends import BACKENDS
 from ..layers import MKLinear
 from .config import BenchConfig, ConvShape, LinearShape, Shape
@@ -182,10 +183,10 @@ def crossover_rows(weight_shape: tuple[int, int], expansion: int, config: BenchC
     """One training step of MKLinear on the Triton backend for every M of config.crossover_ms: the combine path
     against the fused forward (with its fused input gradient) and against the fused dW. A row per M and path,
     then a summary row: the first M at which each fused path is no faster than the combine path (None: it
-    still paid at the largest M measured). Stops once both have stopped paying."""
-    from .. import triton_ops  # the sweep runs only where the Triton backend can
-
+    still paid at the largest M measured), beside the thresholds in force for the device. Stops once both have
+    stopped paying."""
     n, k = weight_shape
+    thresholds = tuning.for_device(config.device)  # the thresholds in force, beside what was measured
     label = f"{n}x{k}"
     rows: list[dict] = []
     stops = {FUSED_FORWARD: None, FUSED_WGRAD: None}
@@ -204,8 +205,8 @@ def crossover_rows(weight_shape: tuple[int, int], expansion: int, config: BenchC
             break
     rows.append({"section": "crossover", "shape": label, "expansion": expansion, "variant": "summary",
                  "fused_forward_stops_at_m": stops[FUSED_FORWARD], "fused_wgrad_stops_at_m": stops[FUSED_WGRAD],
-                 "largest_m": rows[-1]["M"], "fused_forward_max_m": triton_ops.FUSED_FORWARD_MAX_M,
-                 "fused_wgrad_max_m": triton_ops.FUSED_WGRAD_MAX_M})
+                 "largest_m": rows[-1]["M"], "fused_forward_max_m": thresholds.triton_fused_forward_max_m,
+                 "fused_wgrad_max_m": thresholds.triton_fused_wgrad_max_m})
     return rows
 
 
