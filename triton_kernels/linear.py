@@ -20,8 +20,9 @@ from .tiling import check_dot_dtype, configs, deepest_fitting, dot, dot_options,
 # more than 16 of its elements per thread the draws spill (checked with sm_90 builds), hence the (BLOCK_P, BLOCK_Q,
 # num_warps) pairs. The row tile follows M (_fitting); 3 stages where the e copies' tiles fit in shared memory,
 # else 1. Provisional set, to tune with the GPU benchmark.
-_GPU = [(rows, p, q, 8, warps, stages) for rows in (16, 32, 64, 128) for p, q, warps in ((64, 32, 4), (64, 64, 8))
-        for stages in (3, 1)]
+# The 128-row tiles take 8 warps: with 4, the 128 x 64 accumulator and the mixing's values spill (sm_90 builds).
+_GPU = [(rows, p, q, 8, 8 if rows == 128 else warps, stages) for rows in (16, 32, 64, 128)
+        for p, q, warps in ((64, 32, 4), (64, 64, 8)) for stages in (3, 1)]
 _INTERPRETER = (16, 32, 32, 2, 4, 1)
 
 
