@@ -15,17 +15,17 @@ from torch import Tensor
 def mean_of_copies(copies: Tensor) -> Tensor:
     """mean_k copies[k] over the leading dimension, in copies' dtype (differentiable).
 
-    Computed as w_0 + sum_k (w_k - w_0) / e, which is w_0 exactly for equal copies, in float32 for the 16-bit
-    floats. Where |w_0| >= 1 every copy is halved first (exact for such w_0; a power of two), so no difference
-    w_k - w_0 overflows; elsewhere |w_k - w_0| <= max + 1 rounds to a finite value. Each difference is divided by e
-    before the sum, so the partial sums stay below the largest float. A NaN from that formula comes only from
-    infinities (inf - inf): there the plain sum gives torch.mean's answer.
+    Computed in halves, h_k = w_k / 2, as w_0 + 2 sum_k (h_k - h_0) / e would overflow: 2 (h_0 + sum_k (h_k - h_0) / e)
+    + r_0, where r_0 = w_0 - 2 h_0 is the bit that halving a subnormal w_0 drops (else 0). Equal copies give
+    2 h_0 + r_0 = w_0 exactly; no difference of halves overflows, and dividing each by e before the sum keeps every
+    partial sum below the largest float. The 16-bit floats are computed in float32. A NaN from the formula comes
+    only from infinities (inf - inf): there the plain sum gives torch.mean's answer.
     """
     work = copies if copies.dtype in (torch.float32, torch.float64) else copies.float()
     expansion = work.shape[0]
-    scale = torch.where(work[0].abs() >= 1, 0.5, 1.0).to(work.dtype)
-    first = work[0] * scale
-    differences = torch.addcmul(-first, work[1:], scale) / expansion  # (w_k * scale - w_0 * scale) / e
-    mean = (first + differences.sum(0)) / scale
+    first = work[0] * 0.5
+    residue = work[0] - first * 2
+    differences = torch.addcmul(-first, work[1:], torch.tensor(0.5, dtype=work.dtype)).div_(expansion)
+    mean = (first + differences.sum(0)) * 2 + residue
     mean = torch.where(mean.isnan(), work.sum(0) / expansion, mean)
     return mean.to(copies.dtype)
