@@ -10,6 +10,10 @@ from torch import Tensor
 
 SEED_LIMIT = 2**63
 OFFSET_LIMIT = 2**64
+# Sizes and element counts are int64 in torch and in the kernels.
+SIZE_LIMIT = 2**63
+FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_FLOAT_NAMES = "float32, float64, bfloat16 or float16"
 
 
 def check_expansion(expansion: object) -> int:
@@ -17,7 +21,61 @@ def check_expansion(expansion: object) -> int:
         raise TypeError(f"expansion must be an int >= 1, got {type(expansion).__name__} {expansion!r}")
     if expansion < 1:
         raise ValueError(f"expansion must be >= 1, got {expansion}")
+    if expansion >= SIZE_LIMIT:
+        raise ValueError(f"expansion must be < 2^63 (a tensor size), got {expansion}")
     return int(expansion)
+
+
+def check_shape(shape: object, expansion: int) -> tuple[int, ...]:
+    """A shape (an int or a sequence of ints >= 0) whose [expansion, *shape] tensor has < 2^63 elements."""
+    dims = (shape,) if isinstance(shape, numbers.Integral) and not isinstance(shape, bool) else shape
+    if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__"):
+        raise TypeError(f"shape must be an int or a sequence of ints, got {type(shape).__name__} {shape!r}")
+    dims = tuple(dims)
+    if any(isinstance(d, bool) or not isinstance(d, numbers.Integral) for d in dims):
+        raise TypeError(f"shape must hold ints, got {shape!r}")
+    if any(d < 0 for d in dims):
+        raise ValueError(f"shape must hold sizes >= 0, got {shape!r}")
+    check_numel(expansion, math.prod(dims), f"shape {shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def check_numel(expansion: int, numel: int, what: str) -> None:
+    """The [expansion, *what] tensor must have < 2^63 elements (int64, as torch counts them)."""
+    if expansion * numel >= SIZE_LIMIT:
+        raise ValueError(f"expansion {expansion} times numel {numel} of {what} is {expansion * numel} elements, "
+                         f"past int64 (must be < 2^63)")
+
+
+def check_float_dtype(dtype: object, name: str) -> torch.dtype:
+    """A torch.dtype the kernels compute in (float8 and other floats have no kernels)."""
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOATS:
+        raise TypeError(f"{name} must be a torch.dtype out of {_FLOAT_NAMES}, got {type(dtype).__name__} "
+                        f"{dtype!r}")
+    return dtype
+
+
+def check_module(module: object, function: str) -> "torch.nn.Module":
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"{function}: module must be a torch.nn.Module, got {type(module).__name__}")
+    return module
+
+
+def check_layer_types(layer_types: object, supported: tuple[type, ...]) -> tuple[type, ...]:
+    """convert's layer_types as a tuple of classes out of `supported`: one class alone, or an iterable of them."""
+    types = (layer_types,) if isinstance(layer_types, type) else layer_types
+    if isinstance(types, (str, bytes)) or not hasattr(types, "__iter__"):
+        raise TypeError(f"layer_types must be a layer class or an iterable of them, got "
+                        f"{type(layer_types).__name__} {layer_types!r}")
+    types = tuple(types)
+    not_classes = [t for t in types if not isinstance(t, type)]
+    if not_classes:
+        raise TypeError(f"layer_types must hold layer classes (e.g. torch.nn.Linear), got {not_classes!r}")
+    unsupported = [t for t in types if t not in supported]
+    if unsupported:
+        raise ValueError(f"convert cannot convert {[t.__name__ for t in unsupported]}: supported layer types are "
+                         f"{[t.__name__ for t in supported]}")
+    return types
 
 
 def check_init(init: object) -> str:
@@ -32,15 +90,18 @@ def _check_seed_range(seed: int) -> None:
 
 
 def seed_tensor(seed: object, device: torch.device) -> Tensor:
-    """The seed as a one-element int64 tensor on `device` (where the kernels read it)."""
+    """The seed as a one-element int64 tensor on `device` (where the kernels read it). A seed tensor must already be
+    there: moving it would be a hidden copy (and a host sync for a GPU seed read on the CPU)."""
     if isinstance(seed, Tensor):
         if seed.dtype != torch.int64 or seed.numel() != 1:
             raise TypeError(f"seed tensor must hold one int64 value, got dtype {seed.dtype} and shape "
                             f"{tuple(seed.shape)}")
+        if seed.device != device:
+            raise ValueError(f"seed tensor must be on the weight's device {device}, got {seed.device}")
         # Eager CPU values are checked here; others where the kernel reads them (no device sync here).
         if seed.device.type == "cpu" and not torch.compiler.is_compiling():
             _check_seed_range(int(seed))
-        return seed.reshape(()).to(device)
+        return seed.reshape(())
     if isinstance(seed, float) and not math.isfinite(seed):
         raise ValueError(f"seed must be a finite integer in [0, 2^63), got {seed}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -61,10 +122,43 @@ def signed_offset(offset: object) -> int:
 def check_floating(tensor: object, name: str) -> Tensor:
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if not tensor.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (float32, float64, bfloat16, float16), "
-                        f"got {tensor.dtype}")
+    if tensor.dtype not in FLOATS:
+        raise TypeError(f"{name} must be a floating-point tensor ({_FLOAT_NAMES}), got {tensor.dtype}")
     return tensor
+
+
+def check_accumulate_into(target: object, grad: Tensor, expansion: int) -> Tensor:
+    """The tensor scatter adds into in place: [expansion, *grad.shape], contiguous, on grad's device, sharing no
+    memory with grad (it would be read while written) and not a leaf that requires grad (autograd would not see
+    the change)."""
+    target = check_floating(target, "accumulate_into")
+    if tuple(target.shape) != (expansion, *grad.shape):
+        raise ValueError(f"accumulate_into must have shape {(expansion, *grad.shape)}, got {tuple(target.shape)}")
+    if target.device != grad.device:
+        raise ValueError(f"accumulate_into must be on grad's device {grad.device}, got {target.device}")
+    if not target.is_contiguous():
+        raise ValueError("accumulate_into must be contiguous (it is updated in place)")
+    if target.is_leaf and target.requires_grad:
+        raise ValueError("accumulate_into must not be a leaf tensor that requires grad: it is updated in place, "
+                         "outside autograd (pass a tensor that does not require grad, such as a parameter's .grad)")
+    if _overlap(target, grad):
+        raise ValueError("accumulate_into must not share memory with grad (it is written while grad is read)")
+    return target
+
+
+def _overlap(a: Tensor, b: Tensor) -> bool:
+    """Whether the memory spans of a and b (first to last element; torch strides are >= 0) intersect."""
+    if a.device.type == "meta" or a.numel() == 0 or b.numel() == 0:
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t: Tensor) -> tuple[int, int]:
+        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+    (a_start, a_end), (b_start, b_end) = span(a), span(b)
+    return a_start < b_end and b_start < a_end
 
 
 def check_expanded_weight(weight: object, dense_dims: int, layout: str) -> Tensor:
@@ -83,7 +177,8 @@ def check_expanded_weight(weight: object, dense_dims: int, layout: str) -> Tenso
 def compute_dtype(input: Tensor, weight: Tensor) -> torch.dtype:
     """The dtype the dense op runs in: the autocast dtype when autocast is on, else weight's (input must match)."""
     device_type = input.device.type
-    if torch.is_autocast_enabled(device_type):
+    # Devices without autocast (meta) have no autocast state to ask about.
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     if input.dtype != weight.dtype:
         raise TypeError(f"input and weight must have the same dtype, got input {input.dtype} and weight "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -113,36 +114,47 @@ BACKENDS: dict[str, Backend] = {
 }
 
 # What "auto" tries, fastest first, per device type; the first backend that can run wins. Triton runs on CPU
-# tensors only under its interpreter (TRITON_INTERPRET=1, for tests), so "auto" never picks it there.
-AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
+# tensors only under its interpreter (TRITON_INTERPRET=1, for tests), so "auto" never picks it there. Meta tensors
+# (shapes without data) take the reference ops, plain torch ops that any device has.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("cpu",), "cuda": ("cuda", "triton"), "meta": ("reference",)}
 
-# The names of the enclosing use_backend blocks, innermost last. A plain list (not a ContextVar) so that
-# torch.compile can trace the lookup; the choice is process-wide, like torch's own backend flags.
-_active: list[str] = []
+# Per thread, the names of the enclosing use_backend blocks, innermost last: a block's choice holds in its own
+# thread only, and no other thread's blocks can change it. (A threading.local, which torch.compile traces and
+# guards on; it cannot trace a ContextVar.)
+_blocks = threading.local()
 _warned: set[str] = set()
 
 
-def _check_name(name: str) -> str:
-    if name != AUTO and name not in BACKENDS:
-        raise ValueError(f"unknown majority-kernels backend {name!r}: choose one of {[AUTO, *BACKENDS]}")
-    return name
+def _check_name(name: object, what: str) -> str:
+    """The backend name as MK_BACKEND and use_backend both take it: any case, surrounding spaces ignored."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a backend name (str), got {type(name).__name__} {name!r}")
+    normal = name.strip().lower()
+    if normal != AUTO and normal not in BACKENDS:
+        raise ValueError(f"unknown majority-kernels backend {name!r} in {what}: choose one of {[AUTO, *BACKENDS]}")
+    return normal
 
 
 def requested() -> str:
-    """The backend name in force: the innermost `use_backend`, else MK_BACKEND, else "auto"."""
-    if _active:
-        return _active[-1]
-    return _check_name(_environment.read("MK_BACKEND") or AUTO)
+    """The backend name in force: this thread's innermost `use_backend`, else MK_BACKEND, else "auto"."""
+    active = getattr(_blocks, "names", None)
+    if active:
+        return active[-1]
+    return _check_name(_environment.read("MK_BACKEND") or AUTO, "MK_BACKEND")
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Run the enclosed code with backend `name` ("auto", "reference", "cpu", ...)."""
-    _active.append(_check_name(name))
+    """Run the enclosed code, in this thread, with backend `name` ("auto", "reference", "cpu", ...; any case)."""
+    name = _check_name(name, "use_backend")
+    if not hasattr(_blocks, "names"):
+        _blocks.names = []
+    active = _blocks.names
+    active.append(name)
     try:
         yield
     finally:
-        _active.pop()
+        active.pop()
 
 
 def _warn_once(key: str, message: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Union
 
 from torch import nn
 
@@ -64,20 +64,17 @@ def _refuse_tied_parameters(module: nn.Module, chosen: Iterable[tuple[str, nn.Mo
 
 
 def convert(module: nn.Module, expansion: int = 4, *, init: str = "replicate",
-            layer_types: Iterable[type[nn.Module]] = DEFAULT_LAYER_TYPES,
+            layer_types: Union[type[nn.Module], Iterable[type[nn.Module]]] = DEFAULT_LAYER_TYPES,
             filter: Optional[Callable[[str, nn.Module], bool]] = None) -> nn.Module:
-    """Replace, in place, every layer of `module` whose type is exactly one of `layer_types` (and for which
-    `filter(qualified_name, layer)` is true, if given) by its MK layer; returns `module` (or the MK layer if
-    `module` itself matches). Subclasses of those types are left alone: their forward may not be the dense one
+    """Replace, in place, every layer of `module` whose type is exactly one of `layer_types` (one class, or an
+    iterable of them; and for which `filter(qualified_name, layer)` is true, if given) by its MK layer; returns
+    `module` (or the MK layer if `module` itself matches). Subclasses of those types are left alone: their forward may not be the dense one
     (e.g. nn.MultiheadAttention's out_proj, whose weight the attention reads directly). nn.Embedding is converted
     only when named in `layer_types`. A chosen layer whose Parameter another module shares (tied weights) raises a
     ValueError. Every check runs before anything is replaced, so a failed convert leaves `module` unchanged."""
+    module = check.check_module(module, "convert")
     expansion, init = check.check_expansion(expansion), check.check_init(init)
-    layer_types = tuple(layer_types)
-    unsupported = [t for t in layer_types if t not in MK_LAYERS]
-    if unsupported:
-        raise ValueError(f"convert cannot convert {[t.__name__ for t in unsupported]}: supported layer types are "
-                         f"{[t.__name__ for t in MK_LAYERS]}")
+    layer_types = check.check_layer_types(layer_types, tuple(MK_LAYERS))
 
     # The layers to convert, each under its first name (the name _replace_modules passes for it too).
     chosen: list[tuple[str, nn.Module]] = []
@@ -96,6 +93,8 @@ def collapse(module: nn.Module) -> nn.Module:
     """Replace, in place, every MK layer of `module` by its dense layer (the mean kernel); returns `module` (or
     the dense layer if `module` is itself an MK layer). The state_dict then has the unconverted model's keys and
     shapes. A module without MK layers is returned unchanged."""
+
+    module = check.check_module(module, "collapse")
 
     def replace(name: str, layer: nn.Module) -> Optional[nn.Module]:
         return layer.to_dense() if isinstance(layer, _MKLayer) else None

@@ -1,10 +1,11 @@
 """Functional API: the mixing weights, the fused combination, and the mixed linear, convolution and embedding
 ops.
 
-Every op takes `seed` (an int in [0, 2^63) or a one-element int64 tensor) and `offset` (an int in [0, 2^64)) and
-follows docs/design.md section 4, whichever backend runs it. Forward = combine (P generated inside the kernel) then the
-dense op; backward = the dense op's gradients with W_eff, then scatter with P regenerated from the same seed.
-P is never stored: the tensors kept for the backward are the input and W_eff, whatever the expansion.
+Every op takes `seed` (an int in [0, 2^63) or a one-element int64 tensor on the weight's device) and `offset` (an
+int in [0, 2^64)) and follows docs/design.md section 4, whichever backend runs it. Forward = combine (P generated
+inside the kernel) then the dense op; backward = the dense op's gradients with W_eff, then scatter with P
+regenerated from the same seed. P is never stored: the tensors kept for the backward are the input and W_eff,
+whatever the expansion.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def mixing_weights(expansion: int, shape: Union[int, Sequence[int]], seed: Seed,
                    device: Optional[torch.device | str] = None, dtype: torch.dtype = torch.float32) -> Tensor:
     """P of shape [expansion, *shape], materialised (for tests and inspection; the kernels never do this)."""
     expansion = check.check_expansion(expansion)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape = check.check_shape(shape, expansion)
+    dtype = check.check_float_dtype(dtype, "dtype")
     device = torch.device(device) if device is not None else (
         seed.device if isinstance(seed, Tensor) else torch.device("cpu"))
     p = backend_for(device).mixing_weights(check.seed_tensor(seed, device), check.signed_offset(offset),
@@ -73,8 +75,8 @@ def combine(weight: Tensor, seed: Seed, offset: int = 0, *, out_dtype: Optional[
     if weight.dim() < 1 or weight.shape[0] < 1:
         raise ValueError(f"weight must have a leading expansion dimension of size >= 1, got shape "
                          f"{tuple(weight.shape)}")
-    if out_dtype is not None and not out_dtype.is_floating_point:
-        raise TypeError(f"out_dtype must be a floating-point dtype, got {out_dtype}")
+    if out_dtype is not None:
+        check.check_float_dtype(out_dtype, "out_dtype")
     return backend_for(weight.device).combine(weight, check.seed_tensor(seed, weight.device),
                                               check.signed_offset(offset), out_dtype)
 
@@ -88,17 +90,14 @@ def scatter(grad: Tensor, seed: Seed, offset: int, expansion: int, *,
     """
     grad = check.check_floating(grad, "grad")
     expansion = check.check_expansion(expansion)
+    check.check_numel(expansion, grad.numel(), "grad")
+    if out_dtype is not None:
+        check.check_float_dtype(out_dtype, "out_dtype")
     seed_t, offset = check.seed_tensor(seed, grad.device), check.signed_offset(offset)
     backend = backend_for(grad.device)
     if accumulate_into is None:
         return backend.scatter(grad, seed_t, offset, expansion, out_dtype)
-    target = check.check_floating(accumulate_into, "accumulate_into")
-    if tuple(target.shape) != (expansion, *grad.shape):
-        raise ValueError(f"accumulate_into must have shape {(expansion, *grad.shape)}, got {tuple(target.shape)}")
-    if target.device != grad.device:
-        raise ValueError(f"accumulate_into must be on grad's device {grad.device}, got {target.device}")
-    if not target.is_contiguous():
-        raise ValueError("accumulate_into must be contiguous (it is updated in place)")
+    target = check.check_accumulate_into(accumulate_into, grad, expansion)
     backend.scatter_add_(target, grad, seed_t, offset)
     return target
 

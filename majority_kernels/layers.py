@@ -2,8 +2,9 @@
 
 Each keeps `expansion` copies of the dense weight in one parameter of shape [expansion, *dense weight shape]; the
 bias (where the layer has one) is not expanded. In train mode every forward mixes the copies with fresh mixing
-weights (a new seed drawn from the weight device's torch generator); in eval mode it uses their mean, cached until
-the weights change.
+weights (a new seed drawn from the weight device's torch generator); in eval mode it uses their mean, computed from
+the copies on every forward: nothing is cached, so no way of changing the parameter (fused optimizer steps, writes
+through `.data`, parametrizations) can leave eval mode or the dense layer stale.
 """
 
 from __future__ import annotations
@@ -18,13 +19,7 @@ from torch import Tensor, nn
 
 from . import _validation as check
 from . import functional
-
-
-def _mean_of_copies(weight: Tensor) -> Tensor:
-    """mean_k weight[k], written as w_0 + sum_k (w_k - w_0) / e so that equal copies (init="replicate") give the
-    dense weight bit for bit, where a plain mean would round 3 w / 3 to a neighbouring float."""
-    first = weight[0]
-    return first + (weight[1:] - first).sum(0) / weight.shape[0]
+from ._mean import mean_of_copies
 
 
 class _MKLayer(nn.Module):
@@ -71,29 +66,19 @@ class _MKLayer(nn.Module):
             self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
         else:
             self.register_parameter("bias", None)
-        self._mean_cache: Optional[tuple[tuple, Tensor]] = None
         self.train(dense.training)
 
     def collapsed_weight(self) -> Tensor:
-        """The mean kernel mean_k weight[k]: what eval mode uses and what the dense layer gets."""
-        weight = self.weight
-        if (torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
-            return _mean_of_copies(weight)
-        # Cached while the weight is unchanged: in-place updates (optimizer steps, load_state_dict) bump _version,
-        # moves and casts change the storage. (Writes through `.data` bypass the version counter: make them under
-        # torch.no_grad() on the parameter itself.) Nothing is cached in inference mode, whose tensors autograd
-        # could not use later.
-        key = (weight._version, weight.data_ptr(), weight.dtype, weight.device)
-        if self._mean_cache is not None and self._mean_cache[0] == key:
-            return self._mean_cache[1]
-        mean = _mean_of_copies(weight.detach())
-        if not torch.is_inference_mode_enabled():
-            self._mean_cache = (key, mean)
-        return mean
+        """The mean kernel mean_k weight[k] of the copies as they are now: what eval mode uses and what the dense
+        layer gets (differentiable where grad mode is on)."""
+        return mean_of_copies(self.weight)
 
     def forward(self, input: Tensor) -> Tensor:
         if self.training:
             return self._mixed_forward(input, functional.draw_seed(self.weight, input))
+        return self._eval_forward(input)
+
+    def _eval_forward(self, input: Tensor) -> Tensor:
         return self._dense_forward(input, self.collapsed_weight())
 
     def to_dense(self) -> nn.Module:
@@ -255,8 +240,13 @@ class MKEmbedding(_MKLayer):
     def _mixed_forward(self, input: Tensor, seed: Tensor) -> Tensor:
         return functional.majority_embedding(input, self.weight, self.padding_idx, seed=seed)
 
-    def _dense_forward(self, input: Tensor, weight: Tensor) -> Tensor:
-        return F.embedding(input, weight, self.padding_idx)
+    def _eval_forward(self, input: Tensor) -> Tensor:
+        # The mean of the looked-up rows only (what F.embedding on the mean table gives), not of the whole table.
+        rows = self.weight.index_select(1, input.reshape(-1))
+        out = mean_of_copies(rows).view(*input.shape, self.embedding_dim)
+        if self.padding_idx is not None and out.requires_grad:  # as F.embedding: no gradient to padding_idx
+            out = torch.where((input == self.padding_idx).unsqueeze(-1), out.detach(), out)
+        return out
 
     def extra_repr(self) -> str:
         text = f"{self.num_embeddings}, {self.embedding_dim}"

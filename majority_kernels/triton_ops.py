@@ -36,7 +36,7 @@ from torch import Tensor
 
 from . import _environment, tuning
 from . import _validation as check
-from ._grad_accumulation import accumulated, accumulation_target, copies_gradient, remember_weight, remembered_weight
+from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
 from ._mixing_autograd import mixing_autograd
 from .triton_kernels import INTERPRETING
 from .triton_kernels import combine as combine_kernels
@@ -257,13 +257,11 @@ def _embedding_combine_setup(ctx, inputs, output):
 
 def _embedding_combine_backward(ctx, grad):
     indices, seed = ctx.saved_tensors
-    weight = remembered_weight(ctx)
-    target = accumulation_target(weight)
-    if target is not None and target.dtype in (torch.float32, torch.float64):  # atomics in place
-        _embedding_scatter_add_(target, grad, indices, seed, ctx.offset)
-        return accumulated(weight), None, None, None, None
     expansion, rows, _ = ctx.table_shape
-    table = _embedding_scatter(grad, indices, seed, ctx.offset, expansion, rows, ctx.weight_dtype)
+    table = copies_gradient(
+        remembered_weight(ctx), lambda target: _embedding_scatter_add_(target, grad, indices, seed, ctx.offset),
+        lambda: _embedding_scatter(grad, indices, seed, ctx.offset, expansion, rows, ctx.weight_dtype),
+        dtypes=(torch.float32, torch.float64))  # the in-place scatter's atomics
     return table, None, None, None, None
 
 
