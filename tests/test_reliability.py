@@ -16,7 +16,9 @@ import copy
 import fractions
 import math
 import pathlib
+import os
 import pickle
+import subprocess
 import sys
 import threading
 
@@ -28,7 +30,7 @@ from torch.nn.utils import parametrize
 
 import majority_kernels as mk
 from helpers import CPU_BACKENDS
-from majority_kernels import backends
+from majority_kernels import backends, ops
 
 FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -301,6 +303,21 @@ def test_use_backend_takes_names_as_mk_backend_does(name, monkeypatch):
         assert backends.requested() == name.strip().lower()
     monkeypatch.setenv("MK_BACKEND", name)
     assert backends.requested() == name.strip().lower()
+
+
+_CAPABILITY = "from majority_kernels import ops; print(ops.cpu_capability())"
+
+
+@pytest.mark.skipif(not ops.HAS_EXTENSION, reason="needs the CPU extension")
+@pytest.mark.parametrize("name", [" AVX2 ", "Portable"])
+def test_cpu_capability_takes_names_as_mk_backend_does(name):
+    def run(value):
+        env = {**os.environ, "MK_CPU_CAPABILITY": value}
+        return subprocess.run([sys.executable, "-c", _CAPABILITY], capture_output=True, text=True, env=env)
+
+    assert run(name).stdout.strip() == run(name.strip().lower()).stdout.strip() != ""
+    refused = run("avx3")
+    assert refused.returncode != 0 and "MK_CPU_CAPABILITY must be avx512, avx2 or portable" in refused.stderr
 
 
 # ---------------------------------------------------------------------------------------- mean of the copies

@@ -1,6 +1,8 @@
 // Definitions of op_support.h.
 #include "op_support.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <string>
 
@@ -9,10 +11,15 @@ namespace cpu {
 
 const KernelTable& kernels() {
   static const KernelTable& table = []() -> const KernelTable& {
+    // Read as MK_BACKEND is: any case, surrounding spaces ignored, unset or empty for the default.
     const char* cap = std::getenv("MK_CPU_CAPABILITY");
-    const std::string limit = cap != nullptr ? cap : "avx512";
+    std::string limit = cap != nullptr ? cap : "";
+    limit.erase(0, limit.find_first_not_of(" \t\n"));
+    limit.erase(limit.find_last_not_of(" \t\n") + 1);
+    std::transform(limit.begin(), limit.end(), limit.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (limit.empty()) limit = "avx512";
     TORCH_CHECK(limit == "avx512" || limit == "avx2" || limit == "portable",
-                "majority_kernels: MK_CPU_CAPABILITY must be avx512, avx2 or portable, got '", limit, "'");
+                "majority_kernels: MK_CPU_CAPABILITY must be avx512, avx2 or portable, got '", cap, "'");
 #if MK_CPU_X86_BUILDS
     __builtin_cpu_init();
     if (limit == "avx512" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
