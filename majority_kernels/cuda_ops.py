@@ -33,9 +33,11 @@ def fused_supports(weight_dtype: torch.dtype, input_dtype: torch.dtype) -> bool:
             or (weight_dtype in _HALF_FLOATS and input_dtype == torch.float32))
 
 
-def linear_path(rows: int, weight_dtype: torch.dtype, input_dtype: torch.dtype, device: torch.device) -> str:
+def linear_path(rows: int, weight_dtype: torch.dtype, input_dtype: torch.dtype, device: torch.device,
+                expansion: int) -> str:
     """"fused" or "combine": the path for `rows` input rows on `device`, unless MK_LINEAR_PATH forces one. The
-    fused forward runs up to the GPU's tuning.Thresholds.cuda_fused_max_rows rows."""
+    fused forward runs up to the GPU's tuning.Thresholds.cuda_fused_max_rows rows, and never unforced for one
+    copy (nothing to mix: the dense layer's own GEMM, bit for bit)."""
     forced = _environment.read(PATH_VARIABLE) or "auto"
     if forced not in PATHS:
         raise ValueError(f"{PATH_VARIABLE} must be one of {PATHS}, got {forced!r}")
@@ -44,7 +46,8 @@ def linear_path(rows: int, weight_dtype: torch.dtype, input_dtype: torch.dtype, 
                          f"input {input_dtype}")
     if forced != "auto":
         return forced
-    fused = rows <= tuning.for_device(device).cuda_fused_max_rows and fused_supports(weight_dtype, input_dtype)
+    fused = (expansion > 1 and rows <= tuning.for_device(device).cuda_fused_max_rows
+             and fused_supports(weight_dtype, input_dtype))
     return "fused" if fused else "combine"
 
 
@@ -56,7 +59,7 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, 
     b = bias.to(out_dtype) if bias is not None else None
     out_features, in_features = weight.shape[1], weight.shape[2]
     rows = math.prod(x.shape[:-1])
-    if linear_path(rows, weight.dtype, out_dtype, weight.device) == "fused":
+    if linear_path(rows, weight.dtype, out_dtype, weight.device, weight.shape[0]) == "fused":
         y = torch.ops.majority_kernels.mixed_linear(x.reshape(rows, in_features), weight, b, seed, offset)
         return y.view(*x.shape[:-1], out_features)
     return F.linear(x, torch.ops.majority_kernels.combine(weight, seed, offset, out_dtype), b)

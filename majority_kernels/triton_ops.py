@@ -357,16 +357,17 @@ def force_paths(forward: Optional[str] = None, wgrad: Optional[str] = None) -> I
         _forced.pop()
 
 
-def linear_paths(m: int, dtype: torch.dtype, device: torch.device) -> tuple[str, str]:
+def linear_paths(m: int, dtype: torch.dtype, device: torch.device, expansion: int) -> tuple[str, str]:
     """(forward path, dW path) for an input of m rows in the compute dtype on `device`: force_paths, else
     MK_LINEAR_PATH / MK_WGRAD_PATH, else the device's M thresholds (tuning.for_device); never a fused path that
-    the installed Triton cannot build for dtype (forcing one raises)."""
+    the installed Triton cannot build for dtype (forcing one raises). One copy has nothing to mix: unforced, it
+    takes the dense layer's own GEMMs, so that it computes what the dense layer does bit for bit."""
     forward, wgrad = _forced[-1] if _forced else (None, None)
     forward = forward or _env_path("MK_LINEAR_PATH", FORWARD_PATHS)
     wgrad = wgrad or _env_path("MK_WGRAD_PATH", WGRAD_PATHS)
     if "fused" in (forward, wgrad):
         tiling.check_dot_dtype(dtype)
-    fusable = tiling.dot_supports(dtype)
+    fusable = tiling.dot_supports(dtype) and expansion > 1
     thresholds = tuning.for_device(device)
     forward = forward or ("fused" if fusable and m <= thresholds.triton_fused_forward_max_m else "combine")
     wgrad = wgrad or ("fused" if fusable and m <= thresholds.triton_fused_wgrad_max_m else "scatter")
@@ -438,7 +439,7 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, 
     _check_dtype(out_dtype, "the compute dtype")
     _check_seed(seed, weight.device)
     x = input.to(out_dtype).reshape(math.prod(input.shape[:-1]), input.shape[-1])
-    forward, wgrad = linear_paths(x.shape[0], out_dtype, weight.device)
+    forward, wgrad = linear_paths(x.shape[0], out_dtype, weight.device, weight.shape[0])
     out = _MixedLinear.apply(x, weight, None if bias is None else bias.to(out_dtype), seed, offset,
                              forward == "fused", wgrad == "fused")
     return out.view(*input.shape[:-1], weight.shape[1])

@@ -155,19 +155,20 @@ def test_linear_path_choice(monkeypatch):
     max_rows = 5
     monkeypatch.setattr(tuning, "for_device",
                         lambda device: dataclasses.replace(tuning.DEFAULTS, cuda_fused_max_rows=max_rows))
-    assert cuda_ops.linear_path(1, f32, bf16, gpu) == "fused"
-    assert cuda_ops.linear_path(max_rows, f32, f32, gpu) == "fused"
-    assert cuda_ops.linear_path(max_rows + 1, f32, f32, gpu) == "combine"
-    assert cuda_ops.linear_path(1, f32, f64, gpu) == "combine"  # no fused kernel for that pair
+    assert cuda_ops.linear_path(1, f32, bf16, gpu, 4) == "fused"
+    assert cuda_ops.linear_path(max_rows, f32, f32, gpu, 4) == "fused"
+    assert cuda_ops.linear_path(max_rows + 1, f32, f32, gpu, 4) == "combine"
+    assert cuda_ops.linear_path(1, f32, f64, gpu, 4) == "combine"  # no fused kernel for that pair
+    assert cuda_ops.linear_path(1, f32, f32, gpu, 1) == "combine"  # one copy: the dense GEMM
     monkeypatch.setenv(cuda_ops.PATH_VARIABLE, "combine")
-    assert cuda_ops.linear_path(1, f32, f32, gpu) == "combine"
+    assert cuda_ops.linear_path(1, f32, f32, gpu, 4) == "combine"
     monkeypatch.setenv(cuda_ops.PATH_VARIABLE, "fused")
-    assert cuda_ops.linear_path(4096, f32, bf16, gpu) == "fused"
+    assert cuda_ops.linear_path(4096, f32, bf16, gpu, 4) == "fused"
     with pytest.raises(ValueError, match="no build for weight"):
-        cuda_ops.linear_path(1, f32, f64, gpu)
+        cuda_ops.linear_path(1, f32, f64, gpu, 4)
     monkeypatch.setenv(cuda_ops.PATH_VARIABLE, "fastest")
     with pytest.raises(ValueError, match="MK_LINEAR_PATH must be one of"):
-        cuda_ops.linear_path(1, f32, f32, gpu)
+        cuda_ops.linear_path(1, f32, f32, gpu, 4)
 
 
 @needs_extension

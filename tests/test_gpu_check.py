@@ -39,7 +39,7 @@ def test_check_needs_a_part():
 
 
 def test_summary_of_a_report_and_a_table():
-    bench = json.loads((ROOT / "benchmarks" / "results" / "cpu-amd-epyc-2cores-float32.json").read_text())
+    bench = json.loads((ROOT / "benchmarks" / "results" / "cpu-intel-xeon-2cores-float32.json").read_text())
     bench["meta"]["cuda"] = None
     defaults = dataclasses.asdict(tuning.DEFAULTS)
     table = {"majority_kernels": "0.1.0", "quick": True,

@@ -1,4 +1,4 @@
-"""Where the layers' mixing seeds come from (docs/design.md section 4): reproducible under torch.manual_seed, the same P
+"""Where the layers' mixing seeds come from (docs/design.md section 5): reproducible under torch.manual_seed, the same P
 in forward, backward and checkpoint recomputation, fresh P per forward and per layer, data-parallel ranks seeded
 alike draw alike, and a saved RNG state restores the stream exactly."""
 

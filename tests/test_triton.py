@@ -398,16 +398,20 @@ def test_path_choice(monkeypatch):
     monkeypatch.delenv("MK_WGRAD_PATH", raising=False)
     f32 = torch.float32
     thresholds = tuning.for_device(DEVICE)
-    assert triton_ops.linear_paths(thresholds.triton_fused_forward_max_m, f32, DEVICE) == ("fused", "fused")
-    assert triton_ops.linear_paths(thresholds.triton_fused_wgrad_max_m + 1, f32, DEVICE) == ("combine", "scatter")
+    assert triton_ops.linear_paths(thresholds.triton_fused_forward_max_m, f32, DEVICE, 4) == ("fused", "fused")
+    assert triton_ops.linear_paths(thresholds.triton_fused_wgrad_max_m + 1, f32, DEVICE, 4) == ("combine", "scatter")
+    # One copy: the dense layer's own GEMMs, unless forced.
+    assert triton_ops.linear_paths(1, f32, DEVICE, 1) == ("combine", "scatter")
+    with triton_ops.force_paths("fused", "fused"):
+        assert triton_ops.linear_paths(1, f32, DEVICE, 1) == ("fused", "fused")
     monkeypatch.setenv("MK_LINEAR_PATH", "combine")
     monkeypatch.setenv("MK_WGRAD_PATH", " Scatter ")
-    assert triton_ops.linear_paths(1, f32, DEVICE) == ("combine", "scatter")
+    assert triton_ops.linear_paths(1, f32, DEVICE, 4) == ("combine", "scatter")
     with triton_ops.force_paths("fused"):
-        assert triton_ops.linear_paths(1, f32, DEVICE) == ("fused", "scatter")
+        assert triton_ops.linear_paths(1, f32, DEVICE, 4) == ("fused", "scatter")
     monkeypatch.setenv("MK_LINEAR_PATH", "cublas")
     with pytest.raises(ValueError, match="MK_LINEAR_PATH must be one of fused, combine"):
-        triton_ops.linear_paths(1, f32, DEVICE)
+        triton_ops.linear_paths(1, f32, DEVICE, 4)
     with pytest.raises(ValueError, match="wgrad path must be one of"):
         with triton_ops.force_paths(wgrad="epilogue"):
             pass
@@ -419,8 +423,8 @@ def test_float64_without_float64_dot_takes_the_combine_paths(monkeypatch, genera
     monkeypatch.delenv("MK_LINEAR_PATH", raising=False)
     monkeypatch.delenv("MK_WGRAD_PATH", raising=False)
     monkeypatch.setattr(tiling, "FLOAT64_DOT", False)
-    assert triton_ops.linear_paths(1, torch.float64, DEVICE) == ("combine", "scatter")
-    assert triton_ops.linear_paths(1, torch.float32, DEVICE) == ("fused", "fused")
+    assert triton_ops.linear_paths(1, torch.float64, DEVICE, 4) == ("combine", "scatter")
+    assert triton_ops.linear_paths(1, torch.float32, DEVICE, 4) == ("fused", "fused")
     x = _randn(3, 5, generator=generator, dtype=torch.float64)
     w = _randn(2, 4, 5, generator=generator, dtype=torch.float64)
     with _triton():

@@ -173,8 +173,8 @@ def measured(folders, on_gpu):
 def test_cuda_backend_path_choice_reads_the_table(measured, monkeypatch):
     monkeypatch.delenv(cuda_ops.PATH_VARIABLE, raising=False)
     f32 = torch.float32
-    assert cuda_ops.linear_path(MEASURED.cuda_fused_max_rows, f32, f32, torch.device("cuda")) == "fused"
-    assert cuda_ops.linear_path(MEASURED.cuda_fused_max_rows + 1, f32, f32, torch.device("cuda")) == "combine"
+    assert cuda_ops.linear_path(MEASURED.cuda_fused_max_rows, f32, f32, torch.device("cuda"), 4) == "fused"
+    assert cuda_ops.linear_path(MEASURED.cuda_fused_max_rows + 1, f32, f32, torch.device("cuda"), 4) == "combine"
 
 
 @needs_triton
@@ -184,9 +184,9 @@ def test_triton_path_choice_reads_the_table(measured, monkeypatch):
     monkeypatch.delenv("MK_LINEAR_PATH", raising=False)
     monkeypatch.delenv("MK_WGRAD_PATH", raising=False)
     f32, device = torch.float32, torch.device("cuda")
-    assert triton_ops.linear_paths(MEASURED.triton_fused_forward_max_m, f32, device) == ("fused", "fused")
-    assert triton_ops.linear_paths(MEASURED.triton_fused_forward_max_m + 1, f32, device) == ("combine", "fused")
-    assert triton_ops.linear_paths(MEASURED.triton_fused_wgrad_max_m + 1, f32, device) == ("combine", "scatter")
+    assert triton_ops.linear_paths(MEASURED.triton_fused_forward_max_m, f32, device, 4) == ("fused", "fused")
+    assert triton_ops.linear_paths(MEASURED.triton_fused_forward_max_m + 1, f32, device, 4) == ("combine", "fused")
+    assert triton_ops.linear_paths(MEASURED.triton_fused_wgrad_max_m + 1, f32, device, 4) == ("combine", "scatter")
 
 
 def _recording(launcher, name, launched):

@@ -154,7 +154,7 @@ Times are medians of the repeats, all variants of a case timed in turn in the sa
 Layers: one training step, forward + backward, of an intermediate layer (the input requires grad: 3 GEMMs),
 gradients set to None between steps. saved = bytes of the distinct storages autograd keeps for the backward,
 parameters apart (they are resident anyway). peak = CUDA peak allocation during a step above what was allocated
-before it. extra = time - dense time; floor = least extra bytes over dense (docs/design.md section 5: read the copies,
+before it. extra = time - dense time; floor = least extra bytes over dense (docs/design.md section 6: read the copies,
 write W_eff, write the copies' gradients, read dW_eff) / copy bandwidth. Kernels: combine = W_eff from the copies
 (naive: P drawn and materialised), scatter = every copy's gradient P_k * dW_eff (naive: multiply by the P kept
 from the forward); floor = bytes of the copies + one compute-dtype matrix / copy bandwidth; GB/s = those bytes /

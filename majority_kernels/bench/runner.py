@@ -27,7 +27,7 @@ SEED = 20240207
 
 
 def floor_extra_bytes(weight_numel: int, expansion: int, compute_dtype: torch.dtype) -> int:
-    """docs/design.md section 5: the least traffic one training step adds to the dense layer's: read the copies
+    """docs/design.md section 6: the least traffic one training step adds to the dense layer's: read the copies
     (combine), write W_eff, write every copy's gradient (scatter; gradients are set to None between steps, so
     nothing is accumulated) and read dW_eff."""
     copies = expansion * weight_numel * MASTER_DTYPE.itemsize
