@@ -573,3 +573,26 @@ def test_eval_equals_collapsed_model_through_training():
     for fused in (True, False):
         result = run(fused, steps=200, eval_every=50)
         assert result["evaluations"] == 4 and result["max_abs_difference"] == 0.0, result
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+_SCRATCH = """
+import resource, torch, majority_kernels as mk
+weight = torch.randn(200_000, 1)  # 200 000 copies of a one-element weight: 0.8 MB
+with mk.use_backend("cpu"):
+    mk.functional.combine(weight[:2], 5)  # warm-up: the op's and torch's own first-use memory
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mixed = mk.functional.combine(weight, 6)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+torch.testing.assert_close(mixed.double(), mk.reference.combine(weight, 6).double(), rtol=1e-5, atol=1e-6)
+print((after - before) // 1024)
+"""
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="needs the CPU extension")
+def test_cpu_scratch_is_in_proportion_to_the_work():
+    # A scratch of e x 128 lanes whatever numel is would take 102 MB here; e x numel is 0.8 MB.
+    result = subprocess.run([sys.executable, "-c", _SCRATCH], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.split()[-1]) < 20, f"peak RSS grew by {result.stdout.split()[-1]} MiB"
