@@ -125,5 +125,7 @@ def test_saved_tensors_do_not_grow_with_expansion(backend, generator):
         with mk.use_backend(backend), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             mk.functional.majority_linear(x, w, seed=1)
         saved_bytes[expansion] = sum(storages.values())
-    # input (16 x 32) + W_eff (24 x 32) float32, plus the 8-byte seed; nothing of size e x |W|.
-    assert saved_bytes[1] == saved_bytes[2] == saved_bytes[8] <= (16 * 32 + 24 * 32) * 4 + 8
+    # At most the input (16 x 32) and W_eff (24 x 32) float32, plus the 8-byte seed; nothing of size e x |W|. (One
+    # copy may take another path than several, the dense layer's GEMMs on the GPU backends, and save other tensors.)
+    assert saved_bytes[2] == saved_bytes[8]
+    assert max(saved_bytes.values()) <= (16 * 32 + 24 * 32) * 4 + 8
