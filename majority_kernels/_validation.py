@@ -177,8 +177,9 @@ def check_expanded_weight(weight: object, dense_dims: int, layout: str) -> Tenso
 def compute_dtype(input: Tensor, weight: Tensor) -> torch.dtype:
     """The dtype the dense op runs in: the autocast dtype when autocast is on, else weight's (input must match)."""
     device_type = input.device.type
-    # Devices without autocast (meta) have no autocast state to ask about.
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    # Meta tensors have no autocast state to ask about. (A plain comparison: torch 2.4's compiler cannot trace
+    # torch.amp.is_autocast_available.)
+    if device_type != "meta" and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     if input.dtype != weight.dtype:
         raise TypeError(f"input and weight must have the same dtype, got input {input.dtype} and weight "
