@@ -112,26 +112,27 @@ def _sorted_uniforms(seed, offset, index, M: tl.constexpr):
 
 
 @triton.jit
+def _pick(a: tl.constexpr, x0, x1, x2, x3):
+    if a == 0:
+        x = x0
+    elif a == 1:
+        x = x1
+    elif a == 2:
+        x = x2
+    else:
+        x = x3
+    return x
+
+
+@triton.jit
 def _wire(k: tl.constexpr, M: tl.constexpr, v0, v1, v2, v3, v4, v5, v6, v7):
     """v_k of the sorted uniforms, with v_m = 1 (k is a compile-time wire number in [0, M])."""
     if k == M:
         value = tl.full(v0.shape, 1.0, tl.float32)
-    elif k == 0:
-        value = v0
-    elif k == 1:
-        value = v1
-    elif k == 2:
-        value = v2
-    elif k == 3:
-        value = v3
-    elif k == 4:
-        value = v4
-    elif k == 5:
-        value = v5
-    elif k == 6:
-        value = v6
+    elif k < 4:
+        value = _pick(k, v0, v1, v2, v3)
     else:
-        value = v7
+        value = _pick(k - 4, v4, v5, v6, v7)
     return value
 
 
@@ -151,19 +152,6 @@ def _fixed_gap(k: tl.constexpr, M: tl.constexpr, v0, v1, v2, v3, v4, v5, v6, v7,
     else:
         gap = upper - _math(_wire(k - 1, M, v0, v1, v2, v3, v4, v5, v6, v7), MATH64)
     return gap
-
-
-@triton.jit
-def _pick(a: tl.constexpr, x0, x1, x2, x3):
-    if a == 0:
-        x = x0
-    elif a == 1:
-        x = x1
-    elif a == 2:
-        x = x2
-    else:
-        x = x3
-    return x
 
 
 @triton.jit
