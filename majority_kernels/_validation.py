@@ -61,21 +61,32 @@ def check_module(module: object, function: str) -> "torch.nn.Module":
     return module
 
 
-def check_layer_types(layer_types: object, supported: tuple[type, ...]) -> tuple[type, ...]:
-    """convert's layer_types as a tuple of classes out of `supported`: one class alone, or an iterable of them."""
+def check_layer_types(layer_types: object) -> tuple[type, ...]:
+    """convert's layer_types as a tuple of torch.nn.Module subclasses: one class alone, or an iterable of them."""
     types = (layer_types,) if isinstance(layer_types, type) else layer_types
     if isinstance(types, (str, bytes)) or not hasattr(types, "__iter__"):
-        raise TypeError(f"layer_types must be a layer class or an iterable of them, got "
+        raise TypeError(f"layer_types must be a module class or an iterable of them, got "
                         f"{type(layer_types).__name__} {layer_types!r}")
     types = tuple(types)
-    not_classes = [t for t in types if not isinstance(t, type)]
-    if not_classes:
-        raise TypeError(f"layer_types must hold layer classes (e.g. torch.nn.Linear), got {not_classes!r}")
-    unsupported = [t for t in types if t not in supported]
-    if unsupported:
-        raise ValueError(f"convert cannot convert {[t.__name__ for t in unsupported]}: supported layer types are "
-                         f"{[t.__name__ for t in supported]}")
+    not_modules = [t for t in types if not (isinstance(t, type) and issubclass(t, torch.nn.Module))]
+    if not_modules or not types:
+        raise TypeError(f"layer_types must hold torch.nn.Module classes (e.g. torch.nn.Linear), got "
+                        f"{not_modules or 'nothing'!r}")
     return types
+
+
+def check_exclude(exclude: object) -> tuple:
+    """convert's exclude as a tuple of qualified names (str) and torch.nn.Module subclasses."""
+    items = (exclude,) if isinstance(exclude, (str, type)) else exclude
+    if not hasattr(items, "__iter__"):
+        raise TypeError(f"exclude must be names or module classes, got {type(exclude).__name__} {exclude!r}")
+    items = tuple(items)
+    wrong = [item for item in items
+             if not (isinstance(item, str) or isinstance(item, type) and issubclass(item, torch.nn.Module))]
+    if wrong:
+        raise TypeError(f"exclude must hold qualified parameter or module names (str) or torch.nn.Module "
+                        f"classes, got {wrong!r}")
+    return items
 
 
 def check_init(init: object) -> str:

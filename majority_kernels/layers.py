@@ -9,9 +9,7 @@ through `.data`, parametrizations) can leave eval mode or the dense layer stale.
 
 from __future__ import annotations
 
-import copy
-import math
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +17,9 @@ from torch import Tensor, nn
 
 from . import _validation as check
 from . import functional
+from ._copies import apply_to_copies, initial_copies, reinitialiser
 from ._mean import mean_of_copies
+from .checkpoints import mark_expanded
 
 
 class _MKLayer(nn.Module):
@@ -50,23 +50,33 @@ class _MKLayer(nn.Module):
     def _adopt(self, dense: nn.Module, expansion: int, init: str) -> None:
         for name in self._hyperparameters:
             setattr(self, name, getattr(dense, name))
-        self.expansion = expansion
-        if init == "replicate":
-            copies = dense.weight.detach().unsqueeze(0).repeat(expansion, *([1] * dense.weight.dim()))
-        else:
-            template = copy.deepcopy(dense)
-            draws = []
-            for _ in range(expansion):
-                template.reset_parameters()
-                draws.append(template.weight.detach().clone())
-            copies = torch.stack(draws) * math.sqrt((expansion + 1) / 2)
-        self.weight = nn.Parameter(copies, requires_grad=dense.weight.requires_grad)
+        self.expansion, self.init = expansion, init
+        redraw = reinitialiser(dense, "weight") if init == "independent" else None
+        self.weight = nn.Parameter(initial_copies(dense.weight, expansion, init, redraw),
+                                   requires_grad=dense.weight.requires_grad)
         bias = getattr(dense, "bias", None)  # nn.Embedding has none
         if bias is not None:
             self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
         else:
             self.register_parameter("bias", None)
+        mark_expanded(self, ["weight"])  # a dense state_dict loads; dense_state_dict finds the copies
         self.train(dense.training)
+
+    def reset_parameters(self) -> None:
+        """Initialise as a new dense layer is initialised (the fan from the dense shape, not the copies'): with
+        init="replicate" every copy gets one dense draw (the layer then computes what that dense layer does),
+        with "independent" each copy a draw of its own, scaled by sqrt((e + 1) / 2); the bias as the dense
+        layer's. This is what `to_empty()` after building on the meta device needs."""
+        dense = self._make_dense(device=self.weight.device, dtype=self.weight.dtype)
+        redraw = reinitialiser(dense, "weight") if self.init == "independent" else None
+        with torch.no_grad():
+            self.weight.copy_(initial_copies(dense.weight, self.expansion, self.init, redraw))
+            if self.bias is not None:
+                self.bias.copy_(dense.bias)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
+        # Memory formats apply to each copy as the dense weight (channels_last on a converted CNN).
+        return apply_to_copies(self, ["weight"], fn, lambda per_copy: super(_MKLayer, self)._apply(per_copy, recurse))
 
     def collapsed_weight(self) -> Tensor:
         """The mean kernel mean_k weight[k] of the copies as they are now: what eval mode uses and what the dense

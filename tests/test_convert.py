@@ -36,6 +36,8 @@ class Net(nn.Module):
 
 CONVERTED = {"features.0": mk.MKConv2d, "features.2.0": mk.MKConv2d, "volume": mk.MKConv3d,
              "proj": mk.MKConv1d, "mlp.0": mk.MKLinear, "mlp.2": mk.MKLinear}
+# The weights nn.MultiheadAttention's forward reads, expanded in place and bound at the attention module.
+EXPANDED_IN_PLACE = ("attn.in_proj_weight", "attn.out_proj.weight")
 
 
 def make_net(dtype=torch.float32, seed=0):
@@ -67,10 +69,14 @@ def test_convert_replaces_matching_layers_in_place(expansion):
     assert model.features[1] is relu and model.norm is norm and model.attn is attn
 
 
-def test_convert_leaves_multihead_attention_out_proj():
-    model = mk.convert(make_net())
+def test_convert_expands_multihead_attention_in_place():
+    model = make_net()
+    attn, out_proj = model.attn, model.attn.out_proj
+    mk.convert(model, 3)
+    assert model.attn is attn and model.attn.out_proj is out_proj
     assert type(model.attn.out_proj) is NonDynamicallyQuantizableLinear
-    assert model.attn.out_proj.weight.shape == (8, 8)
+    assert model.attn.out_proj.weight.shape == (3, 8, 8) and model.attn.in_proj_weight.shape == (3, 24, 8)
+    assert model.attn.in_proj_bias.shape == (24,)
 
 
 def test_converted_multihead_attention_still_works(generator):
@@ -117,36 +123,72 @@ def test_convert_filter_receives_qualified_names_and_modules():
         return not name.startswith("mlp")
 
     mk.convert(model, filter=keep)
-    assert set(seen) == set(CONVERTED)
+    assert set(seen) == set(CONVERTED) | {"attn", "attn.out_proj"}
     for name, module in seen.items():
         assert module is originals[name]
     assert set(mk_layers(model)) == {"features.0", "features.2.0", "volume", "proj"}
-    assert type(model.mlp[0]) is nn.Linear
+    assert type(model.mlp[0]) is nn.Linear and model.attn.in_proj_weight.dim() == 3
 
 
 def test_convert_filter_on_root_layer():
     layer = nn.Linear(3, 3)
-    assert mk.convert(layer, filter=lambda name, module: False) is layer
+    with pytest.warns(UserWarning, match="expanded no weight"):
+        assert mk.convert(layer, filter=lambda name, module: False) is layer
 
 
-@pytest.mark.parametrize("layer_types", [(nn.ConvTranspose2d,), (nn.Linear, nn.EmbeddingBag),
-                                         (NonDynamicallyQuantizableLinear,), (nn.LazyLinear,)])
-def test_convert_unsupported_layer_types(layer_types):
+@pytest.mark.parametrize("layer_types", [(nn.Linear, 3), "Linear", (torch.Tensor,), ()])
+def test_convert_layer_types_must_be_module_classes(layer_types):
     model = make_net()
-    with pytest.raises(ValueError, match=layer_types[-1].__name__):
+    with pytest.raises(TypeError, match="layer_types"):
         mk.convert(model, layer_types=layer_types)
     assert not mk_layers(model)
 
 
-def test_convert_twice_leaves_mk_layers_alone():
+def test_convert_layer_types_absent_from_the_model_warns():
+    model = make_net()
+    with pytest.warns(UserWarning, match="expanded no weight of Net.*module type not in layer_types"):
+        mk.convert(model, layer_types=(nn.ConvTranspose2d,))
+    assert not mk_layers(model) and model.attn.in_proj_weight.dim() == 2
+
+
+def test_convert_layer_types_takes_subclasses():
+    model = mk.convert(make_net(), layer_types=(nn.Linear,))
+    assert set(mk_layers(model)) == {"mlp.0", "mlp.2"}
+    assert model.attn.out_proj.weight.dim() == 3 and model.attn.in_proj_weight.dim() == 2
+
+
+def test_convert_exclude_by_name_and_type():
+    model = mk.convert(make_net(), exclude=["mlp.0", "attn.in_proj_weight", nn.Conv3d])
+    assert set(mk_layers(model)) == set(CONVERTED) - {"mlp.0", "volume"}
+    assert model.attn.in_proj_weight.dim() == 2 and model.attn.out_proj.weight.dim() == 3
+
+
+def test_convert_returns_a_summary_and_logs_it(caplog):
+    model = make_net()
+    total = sum(p.numel() for p in model.parameters() if p.dim() >= 2)
+    with caplog.at_level("INFO", logger="majority_kernels"):
+        result, summary = mk.convert(model, 2, exclude=["mlp.2"], return_summary=True)
+    assert result is model and summary.expansion == 2
+    dense = {name for w in summary.dense for name in w.names}
+    assert dense == {"mlp.2.weight"} and summary.dense[0].detail == "excluded"
+    assert {name for w in summary.weights if w.how == "expanded" for name in w.names} == set(EXPANDED_IN_PLACE)
+    assert summary.share() == pytest.approx(1 - model.mlp[2].weight.numel() / total)
+    assert summary.line() in caplog.text
+
+
+def test_convert_twice_keeps_expanded_weights_and_refuses_another_expansion():
     model = mk.convert(make_net(), 3)
     before = mk_layers(model)
-    assert mk.convert(model, 5) is model
-    after = mk_layers(model)
-    assert after.keys() == before.keys()
-    assert all(after[name] is before[name] and after[name].expansion == 3 for name in after)
+    in_proj = model.attn.in_proj_weight
+    _, summary = mk.convert(model, 3, return_summary=True)
+    assert mk_layers(model) == before and model.attn.in_proj_weight is in_proj
+    assert {w.detail for w in summary.weights} == {"expanded before"}
+    with pytest.raises(ValueError, match="already expanded with expansion 3, not 5; collapse"):
+        mk.convert(model, 5)
     root = mk.MKLinear(3, 2, expansion=2)
-    assert mk.convert(root, 4) is root and root.expansion == 2
+    assert mk.convert(root, 2) is root
+    with pytest.raises(ValueError, match="already expanded"):
+        mk.convert(root, 4)
 
 
 def test_convert_independent_init():
@@ -172,7 +214,7 @@ def test_convert_state_dict_keys_and_shapes():
     assert converted.keys() == original.keys()
     for key, shape in converted.items():
         layer_name, _, param = key.rpartition(".")
-        if layer_name in CONVERTED and param == "weight":
+        if layer_name in CONVERTED and param == "weight" or key in EXPANDED_IN_PLACE:
             assert shape == (3, *original[key]), key
         else:
             assert shape == original[key], key
