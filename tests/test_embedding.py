@@ -504,17 +504,20 @@ def test_convert_and_collapse_embeddings_when_asked():
     original.load_state_dict(model.state_dict())  # the collapsed state_dict fits the unconverted model
 
 
-@pytest.mark.parametrize("layer_types", [(nn.Linear,), (nn.Embedding,), (nn.Embedding, nn.Linear)],
+@pytest.mark.parametrize("layer_types, expanded", [((nn.Linear,), False), ((nn.Embedding,), False),
+                                                   ((nn.Embedding, nn.Linear), True)],
                          ids=["linear", "embedding", "both"])
-def test_convert_refuses_tied_embedding_and_head(layer_types):
+@pytest.mark.filterwarnings("ignore:convert expanded no weight")  # layer_types=(nn.Embedding,) chooses nothing
+def test_convert_expands_a_tied_embedding_and_head_only_together(layer_types, expanded):
     model = LanguageModel(tie=True)
-    state = copy.deepcopy(model.state_dict())
-    with pytest.raises(ValueError, match=r"tied weights.*filter=lambda name, layer: name not in \{'embed', 'head'\}"):
-        mk.convert(model, 2, layer_types=layer_types)
-    # Nothing was replaced, not even the untied layers checked first.
-    assert type(model.embed) is nn.Embedding and type(model.body) is nn.Linear and type(model.head) is nn.Linear
+    _, summary = mk.convert(model, 2, layer_types=layer_types, return_summary=True)
     assert model.head.weight is model.embed.weight
-    assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
+    assert isinstance(model.head, mk.MKLinear) == expanded and isinstance(model.embed, mk.MKEmbedding) == expanded
+    assert isinstance(model.body, mk.MKLinear) == (nn.Linear in layer_types)
+    tied = [w for w in summary.weights if "head.weight" in w.names][0]
+    assert tied.converted == expanded
+    if not expanded:
+        assert "tied" in tied.detail or "embedding" in tied.detail
 
 
 def test_convert_tied_model_with_the_tie_filtered_out():
