@@ -64,6 +64,10 @@ class ExpandedParameters:
         # The forward the owner had as an instance attribute (another library's wrapper), if any: called inside.
         self._inner_forward = owner.__dict__.get("forward")
         owner.__dict__["forward"] = functools.partial(_expanded_forward, owner)
+        # timm's reparameterize_model calls fuse() on every module that has it: the owner with dense weights.
+        self._adds_fuse = not hasattr(owner, "fuse")
+        if self._adds_fuse:
+            owner.__dict__["fuse"] = functools.partial(_fuse, owner)
 
     # A lock is neither copied nor pickled: copy.deepcopy(model) and torch.save(model) make a fresh one.
     def __getstate__(self) -> dict:
@@ -122,7 +126,7 @@ class ExpandedParameters:
             drop_copies(slot.holder, slot.name, dense_weight(slot.holder._parameters[slot.name]))
         for handle in self._holder_hooks:
             handle.remove()
-        for attribute in (OWNER_ATTRIBUTE, "fuse", "forward"):
+        for attribute in (OWNER_ATTRIBUTE, "forward") + (("fuse",) if self._adds_fuse else ()):
             owner.__dict__.pop(attribute, None)
         if self._inner_forward is not None:
             owner.__dict__["forward"] = self._inner_forward
@@ -207,7 +211,6 @@ def mean_parameters() -> Callable[[nn.Parameter], nn.Parameter]:
 
 
 def _fuse(owner: nn.Module) -> nn.Module:
-    # timm's reparameterize_model calls fuse() on every module that has it: the owner with dense weights.
     owner_record(owner).collapse(owner, mean_parameters())
     return owner
 
@@ -223,11 +226,6 @@ def bind(owner: nn.Module, slots: Iterable[Slot], expansion: int) -> ExpandedPar
     if record is None:
         record = ExpandedParameters(owner, expansion)
         owner.__dict__[OWNER_ATTRIBUTE] = record
-        if not hasattr(owner, "fuse"):
-            owner.__dict__["fuse"] = functools.partial(_fuse, owner)
-    elif record.expansion != expansion:
-        raise ValueError(f"{type(owner).__name__} already has weights expanded with expansion {record.expansion}, "
-                         f"not {expansion}; collapse it first")
     record.add(slots)
     return record
 
@@ -254,6 +252,10 @@ def expand_parameters(owner: nn.Module, names: Iterable[str], expansion: int = 4
     expansion, init = check.check_expansion(expansion), check.check_init(init)
     if isinstance(names, str):
         names = [names]
+    record = owner_record(owner)
+    if record is not None and record.expansion != expansion:
+        raise ValueError(f"expand_parameters: {type(owner).__name__} already has weights expanded with expansion "
+                         f"{record.expansion}, not {expansion}; collapse it first")
     resolved = [(path, *_resolve(owner, path)) for path in names]
     for path, holder, name in resolved:
         check.check_floating(holder._parameters[name], f"parameter {path!r}")

@@ -402,3 +402,16 @@ def test_timm_layers_expand_in_place(layer, generator):
         assert torch.equal(module.eval()(x), dense(x))
     module.train()(x).sum().backward()
     assert module.weight.grad.shape[0] == 2
+
+
+def test_expand_parameters_refuses_another_expansion_on_one_owner():
+    module = nn.Bilinear(2, 3, 4)
+    mk.expand_parameters(module, ["weight"], 2)
+    with pytest.raises(ValueError, match="already has weights expanded with expansion 2, not 3"):
+        mk.expand_parameters(module, ["bias"], 3)
+    assert module.bias.dim() == 1
+    mk.expand_parameters(module, ["bias"], 2)
+    assert module.bias.shape == (2, 4)
+    module(torch.randn(5, 2), torch.randn(5, 3)).sum().backward()
+    mk.collapse(module)
+    assert module.weight.shape == (4, 2, 3) and module.bias.shape == (4,) and "forward" not in module.__dict__
