@@ -116,7 +116,7 @@ def _cnn(task: Task, width: float = 1.0) -> nn.Module:
     return SmallCNN(task.input_shape, task.num_classes, channels=channels, hidden=_scaled(128, width))
 
 
-LM_WIDTH, LM_HEADS = 64, 4
+LM_WIDTH, LM_HEADS = 48, 4
 
 
 def _transformer(task: Task, width: float = 1.0) -> nn.Module:

@@ -13,7 +13,8 @@ from .data import LANGUAGE_MODEL
 from .presets import DENSE, MK, WIDE
 
 INIT_STYLES = {"replicate": "-", "independent": ":"}
-INIT_OFFSETS = {"replicate": 0.97, "independent": 1.03}  # keeps the two inits' error bars apart on the log axis
+INIT_OFFSETS = {"replicate": 0.96, "independent": 0.92}  # keeps the error bars apart on the log axis
+WIDE_OFFSET = 1.04
 EXPANSION_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"]
 WIDE_COLOR = "tab:gray"
 
@@ -46,7 +47,8 @@ def plot_metric_vs_expansion(report: dict, folder: Path) -> Path:
                   for row in rows if row["kind"] == WIDE)
     if wide:
         expansions, means, stds = zip(*wide)
-        axes.errorbar([1, *expansions], [mean, *means], yerr=[0, *stds], fmt="s--", color=WIDE_COLOR, capsize=4,
+        axes.errorbar([1, *(e * WIDE_OFFSET for e in expansions)], [mean, *means], yerr=[0, *stds], fmt="s--",
+                      color=WIDE_COLOR, capsize=4,
                       label="wide dense (≈ e × parameters)")
     for init, style in INIT_STYLES.items():
         points = sorted((row["expansion"], row[key] * scale, row[f"{key}_std"] * scale)
