@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from majority_kernels import train
-from majority_kernels.train import data, models, report
+from majority_kernels.train import data, experiment, models, report
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,16 @@ def test_validation_split_is_carved_from_training_data_and_disjoint_from_test(di
     assert data.with_validation(digits, 0.2).validation.indices == validation_index  # deterministic
     with pytest.raises(ValueError, match="fraction"):
         data.with_validation(digits, 1.0)
+
+
+def test_a_task_keeps_its_own_validation_split():
+    inputs, labels = torch.randn(30, 4), torch.arange(30) % 2
+    own = TensorDataset(inputs[:6], labels[:6])
+    task = train.custom_task(TensorDataset(inputs[6:], labels[6:]), own, 2, validation=own)
+    config = train.TrainConfig(name="own", dataset="unused", model="mlp", expansions=(2,), inits=("replicate",),
+                               seeds=1, epochs=1, batch_size=8, lrs=(1e-3,))
+    assert experiment.prepare_task(config, task).validation is own
+    assert len(experiment.prepare_task(config, train.custom_task(task.train, own, 2)).validation) == 4
 
 
 def test_text_validation_split_is_the_end_of_the_training_text(docs):

@@ -43,10 +43,11 @@ class Task:
 
 
 def custom_task(train: Dataset, test: Dataset, num_classes: int, *, name: str = "custom",
-                kind: str = CLASSIFICATION, description: str = "") -> Task:
+                kind: str = CLASSIFICATION, description: str = "", validation: Optional[Dataset] = None) -> Task:
     """A Task from your own datasets: each item an (input tensor, target) pair; the input shape is read from the
     first training item. The built-in models fit inputs of shape (C, H, W) ("cnn") or any shape ("mlp", which
-    flattens it); for other models pass build_model to `run`."""
+    flattens it); for other models pass build_model to `run`. Without a validation dataset, the experiment carves
+    one out of train."""
     if kind not in (CLASSIFICATION, LANGUAGE_MODEL):
         raise ValueError(f"kind must be {CLASSIFICATION!r} or {LANGUAGE_MODEL!r}, got {kind!r}")
     if num_classes < 2:
@@ -56,7 +57,7 @@ def custom_task(train: Dataset, test: Dataset, num_classes: int, *, name: str = 
     sample_input = train[0][0]
     if not isinstance(sample_input, Tensor):
         raise TypeError(f"dataset items must be (input tensor, target) pairs, got input {type(sample_input).__name__}")
-    return Task(name, train, test, num_classes, tuple(sample_input.shape), kind, description)
+    return Task(name, train, test, num_classes, tuple(sample_input.shape), kind, description, validation)
 
 
 def load_digits(split_seed: int = 0, test_fraction: float = 0.2) -> Task:

@@ -87,34 +87,35 @@ def _style(row: dict, expansions: list[int]) -> dict:
 
 
 def plot_curves(report: dict, folder: Path) -> Path:
+    """Training loss, validation loss and (classification) validation accuracy per epoch, mean over seeds."""
     language_model = report["meta"]["task_kind"] == LANGUAGE_MODEL
-    key, label, scale = (("validation_loss", "validation loss (nats/char)", 1.0) if language_model
-                         else ("validation_accuracy", "validation accuracy %", 100.0))
-    figure, (train_axes, validation_axes) = _figure(columns=2)
+    panels = [("train_loss", "training loss (mean over the epoch's batches)", 1.0),
+              ("validation_loss", "validation loss" + (" (nats/char)" if language_model else ""), 1.0)]
+    if not language_model:
+        panels.append(("validation_accuracy", "validation accuracy %", 100.0))
+    figure, axes_list = _figure(columns=len(panels))
     expansions = sorted({row["expansion"] for row in report["summary"][1:]})
     for row in report["summary"]:
         runs = [run for run in report["runs"] if run["variant"] == row["variant"]]
         style = _style(row, expansions)
-        train_losses = _epoch_means(runs, "train_loss")
-        train_axes.plot(range(1, len(train_losses) + 1), train_losses, label=row["variant"], **style)
-        values = [value * scale for value in _epoch_means(runs, key)]
-        validation_axes.plot(range(1, len(values) + 1), values, label=row["variant"], **style)
-    train_axes.set_yscale("log")
-    train_axes.set_ylabel("training loss (mean over the epoch's batches)")
-    validation_axes.set_ylabel(label)
+        for axes, (key, _, scale) in zip(axes_list, panels):
+            values = [value * scale for value in _epoch_means(runs, key)]
+            axes.plot(range(1, len(values) + 1), values, label=row["variant"], **style)
+    for axes, (key, label, _) in zip(axes_list, panels):
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(label)
+        axes.grid(alpha=0.3)
+    axes_list[0].set_yscale("log")
     if not language_model:
         # The last epochs decide; the first ones would stretch the axis down to chance level.
         final = [row["validation_accuracy"] * 100 for row in report["summary"]]
-        validation_axes.set_ylim(max(0.0, min(final) - 6), min(100.0, max(final) + 2))
-    for axes in (train_axes, validation_axes):
-        axes.set_xlabel("epoch")
-        axes.grid(alpha=0.3)
-    train_axes.legend(fontsize="small")
+        axes_list[2].set_ylim(max(0.0, min(final) - 6), min(100.0, max(final) + 2))
+    axes_list[0].legend(fontsize="small")
     figure.suptitle(f"{report['meta']['name']}: {report['meta']['task']}, mean over "
                     f"{report['summary'][0]['seeds']} seeds (validation split; the test data is evaluated once, "
                     f"at the end)")
     path = folder / "curves.png"
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     return path
 
 

@@ -101,7 +101,7 @@ class TrainConfig:
 INITS = ("replicate", "independent")
 
 _ADAMW_LRS = (1e-3, 3e-3, 1e-2)
-_SGD_LRS = (0.01, 0.03, 0.1)
+_SGD_LRS = (0.01, 0.03, 0.1, 0.3)  # MK's copies each get a share of the gradient: it may need more
 _DIGITS = dict(dataset="digits", batch_size=64, inits=(LIBRARY_DEFAULT_INIT,), seeds=5, lrs=_ADAMW_LRS,
                gpu={"seeds": 10})
 
@@ -111,9 +111,12 @@ PRESETS: dict[str, TrainConfig] = {
     "cnn": TrainConfig(name="cnn", model="cnn", expansions=(4,), epochs=20, **_DIGITS),
     "few-samples": TrainConfig(name="few-samples", model="mlp", expansions=(2, 4, 8), epochs=60, train_samples=225,
                                **_DIGITS),
+    # Grids that reach further where variants pick an edge of _ADAMW_LRS: with label noise the lowest, in long
+    # training the highest learning rate.
     "label-noise": TrainConfig(name="label-noise", model="mlp", expansions=(4,), epochs=40, label_noise=0.2,
-                               **_DIGITS),
-    "long": TrainConfig(name="long", model="mlp", expansions=(4,), epochs=200, train_samples=450, **_DIGITS),
+                               **{**_DIGITS, "lrs": (3e-4, *_ADAMW_LRS)}),
+    "long": TrainConfig(name="long", model="mlp", expansions=(4,), epochs=200, train_samples=450,
+                        **{**_DIGITS, "lrs": (*_ADAMW_LRS, 3e-2)}),
     "sgd": TrainConfig(name="sgd", model="mlp", expansions=(4,), epochs=30, optimizer="sgd",
                        **{**_DIGITS, "lrs": _SGD_LRS}),
     "breast-cancer": TrainConfig(name="breast-cancer", dataset="breast-cancer", model="mlp", expansions=(4,),
