@@ -85,7 +85,7 @@ def share_interval(mk_gains: list[float], wide_gains: list[float]) -> dict:
     significantly different from 0 at the same level; otherwise the share is undefined and its bounds are None."""
     count = len(mk_gains)
     mk_mean, wide_mean = statistics.fmean(mk_gains), statistics.fmean(wide_gains)
-    share = mk_mean / wide_mean if wide_mean else None
+    share = mk_mean / wide_mean if abs(wide_mean) > 1e-12 else None  # no share of no gain
     if count < 2:
         return {"share": share, "low": None, "high": None, "defined": False}
     t2 = _t_quantile(count) ** 2 / count
