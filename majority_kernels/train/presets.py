@@ -101,19 +101,19 @@ class TrainConfig:
 INITS = ("replicate", "independent")
 
 _ADAMW_LRS = (1e-3, 3e-3, 1e-2)
-_SGD_LRS = (0.01, 0.03, 0.1, 0.3)  # MK's copies each get a share of the gradient: it may need more
+_SGD_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)  # MK's copies each get a share of the gradient: it may need more
 _DIGITS = dict(dataset="digits", batch_size=64, inits=(LIBRARY_DEFAULT_INIT,), seeds=5, lrs=_ADAMW_LRS,
                gpu={"seeds": 10})
 
 PRESETS: dict[str, TrainConfig] = {
     "default": TrainConfig(name="default", model="mlp", expansions=(4,), epochs=20, **_DIGITS),
     "mlp": TrainConfig(name="mlp", model="mlp", expansions=(2, 4, 8), epochs=30, **_DIGITS),
-    "cnn": TrainConfig(name="cnn", model="cnn", expansions=(4,), epochs=20, **_DIGITS),
+    "cnn": TrainConfig(name="cnn", model="cnn", expansions=(4,), epochs=20, **{**_DIGITS, "lrs": (3e-4, 1e-3, 3e-3)}),
     "few-samples": TrainConfig(name="few-samples", model="mlp", expansions=(2, 4, 8), epochs=60, train_samples=225,
                                **_DIGITS),
     # With label noise, small learning rates win (the large ones fit the wrong labels).
     "label-noise": TrainConfig(name="label-noise", model="mlp", expansions=(4,), epochs=40, label_noise=0.2,
-                               **{**_DIGITS, "lrs": (1e-4, 3e-4, 1e-3, 3e-3)}),
+                               **{**_DIGITS, "lrs": (3e-5, 1e-4, 3e-4, 1e-3)}),
     "long": TrainConfig(name="long", model="mlp", expansions=(4,), epochs=200, train_samples=450, **_DIGITS),
     "sgd": TrainConfig(name="sgd", model="mlp", expansions=(4,), epochs=30, optimizer="sgd",
                        **{**_DIGITS, "lrs": _SGD_LRS}),

@@ -147,7 +147,8 @@ def summarise(runs: list[dict], tuning: list[dict], info: dict) -> dict:
             row[f"{key}_delta"], row[f"{key}_delta_std"] = _mean_std(
                 [run[key] - dense[run["seed"]][key] for run in group])
         if info["task_kind"] == LANGUAGE_MODEL:
-            row["test_perplexity"], row["test_perplexity_std"] = _mean_std([math.exp(run["test_loss"]) for run in group])
+            row["test_perplexity"], row["test_perplexity_std"] = _mean_std(
+                [math.exp(run["test_loss"]) for run in group])
         if first["kind"] == MK:
             row["copy_spread_initial"] = statistics.fmean(run["copy_spread_initial"] for run in group)
             row["copy_spread"] = statistics.fmean(run["copy_spread"] for run in group)
@@ -221,7 +222,8 @@ LANGUAGE_MODEL_COLUMNS: list[Column] = [
     *COMMON_COLUMNS,
 ]
 
-NOTES = """Mean ± sample standard deviation over seeds. Each variant trained every learning rate / weight decay of the grid
+NOTES = """\
+Mean ± sample standard deviation over seeds. Each variant trained every learning rate / weight decay of the grid
 on the first seed(s) and kept the pair with the best validation score (accuracy, ties broken by loss; a language
 model: the loss); the validation split is carved out of the training data, and the test data is evaluated once
 per final run, after training. Δ vs dense: the difference to the dense run of the same seed (same batch order;
@@ -233,7 +235,8 @@ collapsed to its mean kernels and loaded into a freshly built dense model; "depl
 test accuracy equals the MK model's in eval mode, with the largest difference of their outputs over the test set.
 Copy spread: the copies' RMS distance from their mean relative to the mean's norm, over all MK layers."""
 
-GAIN_NOTES = """Gain: the test metric's improvement over the dense run of the same seed (accuracy in percentage points; a loss:
+GAIN_NOTES = """\
+Gain: the test metric's improvement over the dense run of the same seed (accuracy in percentage points; a loss:
 its decrease, for a language model in nats/char), mean and 95% t interval over seeds. Share: MK's mean gain
 divided by the wide model's, with Fieller's 95% interval for a ratio of paired means; it is undefined (–) unless
 the wide model's gain is significantly above 0, since a share of no gain means nothing. An interval reaching
@@ -279,7 +282,7 @@ def tuning_table(report: dict) -> str:
     by_variant: dict[str, dict] = {}
     for entry in report["tuning"]:
         value = -entry["validation_score"][0] if language_model else entry["validation_score"][0] * 100
-        text = f"{value:.4f}" if language_model else f"{value:.2f}"
+        text = "diverged" if math.isinf(value) else f"{value:.4f}" if language_model else f"{value:.2f}"
         by_variant.setdefault(entry["variant"], {})[(entry["lr"], entry["weight_decay"])] = (
             f"**{text}**" if entry["chosen"] else text)
     lines += [f"| {label} | " + " | ".join(cells[point] for point in points) + " |"
