@@ -160,6 +160,24 @@ def _float_above(minimum: float, what: str, *, inclusive: bool = False) -> Calla
     return parse
 
 
+def _float_list(minimum: float, what: str, *, inclusive: bool = False) -> Callable[[str], tuple[float, ...]]:
+    """Parses a comma-separated list of finite floats > minimum (>= minimum when inclusive)."""
+    parse = _float_above(minimum, what, inclusive=inclusive)
+    return lambda text: tuple(dict.fromkeys(parse(item.strip()) for item in text.split(",")))
+
+
+def _fraction(what: str, *, zero: bool) -> Callable[[str], float]:
+    """Parses a number in [0, 1) (zero allowed) or (0, 1)."""
+    parse = _float_above(0, what, inclusive=zero)
+
+    def parse_fraction(text: str) -> float:
+        value = parse(text)
+        if value >= 1:
+            raise argparse.ArgumentTypeError(f"{what} must be below 1, got {text}")
+        return value
+    return parse_fraction
+
+
 def _inits(text: str) -> tuple[str, ...]:
     inits = tuple(dict.fromkeys(item.strip().lower() for item in text.split(",")))
     unknown = set(inits) - set(train.presets.INITS)
@@ -170,13 +188,17 @@ def _inits(text: str) -> tuple[str, ...]:
 
 def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="train dense vs MK models on real data over seeds: accuracy, time, deployed-model check",
-        description="Trains a dense baseline and MK variants (every expansion x init) from each seed and reports "
-                    "per variant: test accuracy (language model: loss and perplexity), mean ± std over seeds, the "
-                    "paired difference to dense, training time per epoch and its ratio to dense, the deployed "
-                    "(collapsed) model's parameter count and inference time, and a check that the deployed model "
-                    "scores what the MK model scores in eval mode. Prints the table; writes results.json, "
-                    "results.md and PNG plots. A preset sets everything; the other options override it.",
+        "train", help="train dense, MK and wide dense models on real data over seeds: accuracy, share of the "
+                      "wide model's gain, time, deployed-model check",
+        description="Trains a dense baseline, MK variants (every expansion x init) and wide dense references "
+                    "(about e x the dense model's parameters); each variant picks its learning rate and weight "
+                    "decay on a validation split, then trains from each seed. Reports per variant: test accuracy "
+                    "(language model: loss and perplexity), mean ± std over seeds, the paired difference to dense, "
+                    "the share of the wide model's gain that MK recovers with its 95% interval, the chosen "
+                    "hyperparameters, training time and its ratio to dense, the deployed (collapsed) model's "
+                    "parameter count and inference time, and a check that the deployed model scores what the MK "
+                    "model scores in eval mode. Prints the tables; writes results.json, results.md and PNG plots. A "
+                    "preset sets everything; the other options override it.",
         epilog="Presets: " + "; ".join(f"{name}: {config.describe()}" for name, config in train.PRESETS.items())
                + ". Your own data: --dataset package.module:function, a function returning "
                  "majority_kernels.train.custom_task(train_dataset, test_dataset, num_classes).")
@@ -192,10 +214,23 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=_int_at_least(1, "seeds"), metavar="N", help="seeds 0..N-1")
     parser.add_argument("--epochs", type=_int_at_least(1, "epochs"), metavar="N", help="training epochs")
     parser.add_argument("--batch-size", type=_int_at_least(1, "batch size"), metavar="N", help="training batch size")
-    parser.add_argument("--lr", type=_float_above(0, "learning rate"),
-                        help="AdamW's peak learning rate (cosine-annealed to 0 over the run)")
-    parser.add_argument("--weight-decay", type=_float_above(0, "weight decay", inclusive=True), metavar="WD",
-                        help="AdamW's weight decay")
+    parser.add_argument("--optimizer", choices=list(train.presets.OPTIMIZERS), help="adamw, or sgd with momentum 0.9")
+    parser.add_argument("--lr", type=_float_list(0, "learning rate"), metavar="LR[,...]",
+                        help="the peak learning rates (cosine-annealed to 0 over the run) each variant picks from on "
+                             "the validation split")
+    parser.add_argument("--weight-decay", type=_float_list(0, "weight decay", inclusive=True), metavar="WD[,...]",
+                        help="the weight decays each variant picks from")
+    parser.add_argument("--tune-seeds", type=_int_at_least(1, "tune seeds"), metavar="N",
+                        help="seeds whose mean validation score picks the learning rate and weight decay")
+    parser.add_argument("--validation-fraction", type=_fraction("validation fraction", zero=False), metavar="F",
+                        help="the share of the training data held out for validation")
+    parser.add_argument("--label-noise", type=_fraction("label noise", zero=True), metavar="F",
+                        help="the share of training labels replaced by a wrong class (the test labels stay clean)")
+    parser.add_argument("--patience", type=_int_at_least(1, "patience"), metavar="N",
+                        help="early stopping: stop after N epochs without a better validation score and keep the "
+                             "best epoch's weights")
+    parser.add_argument("--no-wide", dest="wide", action="store_false", default=None,
+                        help="skip the wide dense references (≈ e × the dense model's parameters)")
     parser.add_argument("--train-samples", type=_int_at_least(1, "train samples"), metavar="N",
                         help="use the first N training samples only (quick runs)")
     parser.add_argument("--test-samples", type=_int_at_least(1, "test samples"), metavar="N",
@@ -218,8 +253,10 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 def _train_config(args: argparse.Namespace) -> train.TrainConfig:
     """The preset with the options given on the command line in place of its settings."""
     options = {"dataset": args.dataset, "model": args.model, "expansions": args.expansion, "inits": args.init,
-               "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-               "weight_decay": args.weight_decay, "train_samples": args.train_samples,
+               "seeds": args.seeds, "epochs": args.epochs, "batch_size": args.batch_size, "lrs": args.lr,
+               "weight_decays": args.weight_decay, "optimizer": args.optimizer, "tune_seeds": args.tune_seeds,
+               "validation_fraction": args.validation_fraction, "label_noise": args.label_noise,
+               "patience": args.patience, "wide": args.wide, "train_samples": args.train_samples,
                "test_samples": args.test_samples, "output": args.output and Path(args.output)}
     changes = {key: value for key, value in options.items() if value is not None}
     return dataclasses.replace(train.PRESETS[args.preset], device=args.device, backend=args.backend,
@@ -248,12 +285,16 @@ def _train(args: argparse.Namespace) -> int:
         train.models.model_builder(config.model, task)
     except ValueError as error:
         parser.error(f"argument --model: {error}")
+    if config.label_noise and task.kind != train.data.CLASSIFICATION:
+        parser.error(f"argument --label-noise: needs a classification task; {task.name} is a {task.kind} task")
     # Results on other data go to a folder named after it.
     config = dataclasses.replace(config, backend=backend, name=task.name if args.dataset else config.name)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     report = train.run(config, task)
     print(train.summary_table(report))
+    if report["gain"]:
+        print(train.report.gain_table(report))
     for path in train.write(report, train.default_output(config, device), plots=config.plots):
         print(f"wrote {path}", file=sys.stderr)
     return 0

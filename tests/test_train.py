@@ -15,7 +15,8 @@ from majority_kernels import train
 from majority_kernels.cli import main
 from majority_kernels.train import data
 
-TINY = ["--epochs", "1", "--seeds", "2", "--train-samples", "64", "--test-samples", "32", "--no-progress"]
+TINY = ["--epochs", "1", "--seeds", "2", "--train-samples", "80", "--test-samples", "32", "--no-progress",
+        "--lr", "1e-3,1e-2"]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,11 @@ def test_task_factory(tmp_path, monkeypatch):
     (["--seeds", "0"], "--seeds"), (["--epochs", "-1"], "--epochs"), (["--epochs", "two"], "--epochs"),
     (["--expansion", "0"], "--expansion"), (["--expansion", "2,x"], "--expansion"),
     (["--init", "replicate,zeros"], "--init"), (["--lr", "0"], "--lr"), (["--lr", "fast"], "--lr"),
-    (["--lr", "inf"], "--lr"), (["--weight-decay", "-0.1"], "--weight-decay"), (["--batch-size", "0"], "--batch-size"),
+    (["--lr", "1e-3,inf"], "--lr"), (["--weight-decay", "-0.1"], "--weight-decay"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--optimizer", "adam"], "--optimizer"), (["--label-noise", "1"], "--label-noise"),
+    (["--validation-fraction", "0"], "--validation-fraction"), (["--patience", "0"], "--patience"),
+    (["--tune-seeds", "0"], "--tune-seeds"), (["--preset", "lm", "--label-noise", "0.2"], "--label-noise"),
     (["--train-samples", "0"], "--train-samples"), (["--preset", "huge"], "--preset"), (["--model", "rnn"], "--model"),
     (["--device", "tpu"], "--device"), (["--dataset", "mnist"], "--dataset"),
     (["--dataset", "no_such_module_x:make"], "--dataset"), (["--dataset", "python-docs"], "--model"),
@@ -141,33 +146,54 @@ def test_cnn_end_to_end(tmp_path, capsys):
     assert main(["train", "--preset", "cnn", "--expansion", "2", "--init", "replicate,independent", *TINY,
                  "--output", str(output)]) == 0
     report = json.loads((output / "results.json").read_text())
-    assert report["meta"]["train_samples"] == 64 and report["meta"]["test_samples"] == 32
-    assert report["meta"]["backend"] == "cpu"
+    meta = report["meta"]
+    assert (meta["train_samples"], meta["validation_samples"], meta["test_samples"]) == (64, 16, 32)
+    assert meta["backend"] == "cpu"
     rows = report["summary"]
-    assert [row["variant"] for row in rows] == ["dense", "e=2 replicate", "e=2 independent"]
+    assert [row["variant"] for row in rows] == ["dense", "MK e=2 replicate", "MK e=2 independent", "wide ×2"]
     for row in rows:
-        assert row["seeds"] == 2 and row["deployed_matches"]
-        assert row["deployed_parameters"] == rows[0]["deployed_parameters"]  # deployed at the dense model's size
+        assert row["seeds"] == 2 and row["deployed_matches"] and row["lr"] in (1e-3, 1e-2)
         assert 0 <= row["test_accuracy"] <= 1 and row["epoch_time_s"] > 0 and row["deployed_inference_time_s"] > 0
+    for row in rows[:3]:
+        assert row["deployed_parameters"] == rows[0]["deployed_parameters"]  # deployed at the dense model's size
     assert rows[1]["train_parameters"] > rows[0]["train_parameters"]
+    assert rows[3]["deployed_parameters"] == rows[3]["train_parameters"] > rows[0]["train_parameters"]
     assert rows[0]["test_accuracy_delta"] == 0 and rows[0]["epoch_time_ratio"] == 1
-    assert len(report["runs"]) == 6 and all(len(run["epochs"]) == 1 for run in report["runs"])
+    assert len(report["runs"]) == 8 and all(len(run["epochs"]) == 1 for run in report["runs"])
+    assert len(report["tuning"]) == 8 and len(report["gain"]) == 2
     markdown = (output / "results.md").read_text()
-    assert "| e=2 independent |" in markdown and "![curves](curves.png)" in markdown
+    assert "| MK e=2 independent |" in markdown and "![curves](curves.png)" in markdown
+    assert "share of the wide gain" in markdown
     for name in ("curves.png", "test_accuracy_vs_expansion.png"):
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| dense |" in capsys.readouterr().out  # the table in the terminal
 
 
+def test_sgd_label_noise_and_early_stopping(tmp_path):
+    output = tmp_path / "noisy"
+    assert main(["train", "--preset", "label-noise", "--optimizer", "sgd", "--patience", "1", "--epochs", "4",
+                 "--expansion", "2", "--no-wide", "--seeds", "1", "--train-samples", "100", "--test-samples", "20",
+                 "--lr", "0.05", "--no-progress", "--no-plots", "--output", str(output)]) == 0
+    report = json.loads((output / "results.json").read_text())
+    config = report["meta"]["config"]
+    assert config["optimizer"] == "sgd" and config["label_noise"] == 0.2 and not config["wide"]
+    assert [row["variant"] for row in report["summary"]] == ["dense", "MK e=2 replicate"] and not report["gain"]
+    assert "20% of the training labels noisy" in report["meta"]["task_description"]
+    for run in report["runs"]:
+        assert 1 <= run["kept_epoch"] <= len(run["epochs"]) <= 4
+        best = max(run["epochs"], key=lambda epoch: (epoch["validation_accuracy"], -epoch["validation_loss"]))
+        assert run["validation_accuracy"] == best["validation_accuracy"]
+
+
 def test_language_model_end_to_end(tmp_path, capsys):
     output = tmp_path / "lm"
     assert main(["train", "--preset", "lm", "--expansion", "2", "--init", "replicate", "--epochs", "1", "--seeds", "1",
-                 "--train-samples", "4", "--test-samples", "2", "--batch-size", "2", "--no-progress", "--no-plots",
-                 "--output", str(output)]) == 0
+                 "--train-samples", "5", "--test-samples", "2", "--batch-size", "2", "--lr", "1e-3", "--no-progress",
+                 "--no-plots", "--output", str(output)]) == 0
     report = json.loads((output / "results.json").read_text())
     assert sorted(path.name for path in output.iterdir()) == ["results.json", "results.md"]
-    dense, mk_row = report["summary"]
-    assert mk_row["deployed_matches"] and mk_row["test_perplexity"] > 1
+    dense, mk_row, wide = report["summary"]
+    assert mk_row["deployed_matches"] and mk_row["test_perplexity"] > 1 and wide["variant"] == "wide ×2"
     assert "test perplexity" in capsys.readouterr().out
 
 
@@ -177,10 +203,10 @@ def test_python_api_with_own_data_and_model(tmp_path):
     labels = (inputs[:, 0] > 0).long()
     task = train.custom_task(TensorDataset(inputs[:32], labels[:32]), TensorDataset(inputs[32:], labels[32:]), 2)
     config = train.TrainConfig(name="own", dataset="unused", model="unused", expansions=(3,), inits=("replicate",),
-                               seeds=1, epochs=2, batch_size=8, lr=1e-2, weight_decay=0.0, progress=False)
-    report = train.run(config, task=task, build_model=lambda task: nn.Sequential(nn.Linear(6, 8), nn.Tanh(),
-                                                                                 nn.Linear(8, 2)))
-    assert [row["variant"] for row in report["summary"]] == ["dense", "e=3 replicate"]
+                               seeds=1, epochs=2, batch_size=8, lrs=(1e-2,), wide=False, progress=False)
+    report = train.run(config, task=task, build_model=lambda task, width: nn.Sequential(
+        nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2)))
+    assert [row["variant"] for row in report["summary"]] == ["dense", "MK e=3 replicate"]
     assert report["summary"][1]["train_parameters"] == 3 * (6 * 8 + 8 * 2) + 8 + 2
     paths = train.write(report, tmp_path, plots=False)
     assert [path.name for path in paths] == ["results.json", "results.md"]

@@ -39,13 +39,15 @@ class Task:
     input_shape: tuple[int, ...]  # one sample's input, e.g. (1, 8, 8) for an image, (context,) for text
     kind: str = CLASSIFICATION
     description: str = ""
+    validation: Optional[Dataset] = None  # carved out of the training data by with_validation
 
 
 def custom_task(train: Dataset, test: Dataset, num_classes: int, *, name: str = "custom",
-                kind: str = CLASSIFICATION, description: str = "") -> Task:
+                kind: str = CLASSIFICATION, description: str = "", validation: Optional[Dataset] = None) -> Task:
     """A Task from your own datasets: each item an (input tensor, target) pair; the input shape is read from the
     first training item. The built-in models fit inputs of shape (C, H, W) ("cnn") or any shape ("mlp", which
-    flattens it); for other models pass build_model to `run`."""
+    flattens it); for other models pass build_model to `run`. Without a validation dataset, the experiment carves
+    one out of train."""
     if kind not in (CLASSIFICATION, LANGUAGE_MODEL):
         raise ValueError(f"kind must be {CLASSIFICATION!r} or {LANGUAGE_MODEL!r}, got {kind!r}")
     if num_classes < 2:
@@ -55,7 +57,7 @@ def custom_task(train: Dataset, test: Dataset, num_classes: int, *, name: str = 
     sample_input = train[0][0]
     if not isinstance(sample_input, Tensor):
         raise TypeError(f"dataset items must be (input tensor, target) pairs, got input {type(sample_input).__name__}")
-    return Task(name, train, test, num_classes, tuple(sample_input.shape), kind, description)
+    return Task(name, train, test, num_classes, tuple(sample_input.shape), kind, description, validation)
 
 
 def load_digits(split_seed: int = 0, test_fraction: float = 0.2) -> Task:
@@ -79,6 +81,30 @@ def load_digits(split_seed: int = 0, test_fraction: float = 0.2) -> Task:
                 TensorDataset(images[test_index], labels[test_index]), num_classes=10, input_shape=(1, 8, 8),
                 description=f"scikit-learn digits, 8x8 images, stratified split (seed {split_seed}): "
                             f"{len(train_index)} train / {len(test_index)} test")
+
+
+def load_tabular(name: str, split_seed: int = 0, test_fraction: float = 0.2) -> Task:
+    """One of scikit-learn's bundled tables ("breast-cancer": 569 samples, 30 features, 2 classes; "wine": 178
+    samples, 13 features, 3 classes): a stratified train/test split fixed by split_seed, each feature standardised
+    with the training set's mean and standard deviation."""
+    try:
+        from sklearn import datasets
+        from sklearn.model_selection import train_test_split
+    except ImportError as error:
+        raise ImportError("the tabular data ships with scikit-learn: pip install 'majority-kernels[train]'") from error
+    loaders = {"breast-cancer": datasets.load_breast_cancer, "wine": datasets.load_wine}
+    bunch = loaders[name]()
+    features = torch.tensor(bunch.data, dtype=torch.float32)
+    labels = torch.tensor(bunch.target, dtype=torch.int64)
+    train_index, test_index = (torch.as_tensor(index) for index in train_test_split(
+        torch.arange(len(labels)).numpy(), test_size=test_fraction, stratify=bunch.target, random_state=split_seed))
+    mean, std = features[train_index].mean(0), features[train_index].std(0)
+    features = (features - mean) / std
+    return Task(name, TensorDataset(features[train_index], labels[train_index]),
+                TensorDataset(features[test_index], labels[test_index]), num_classes=int(labels.max()) + 1,
+                input_shape=(features.shape[1],),
+                description=f"scikit-learn {name}, {features.shape[1]} standardised features, stratified split "
+                            f"(seed {split_seed}): {len(train_index)} train / {len(test_index)} test")
 
 
 class CharWindows(Dataset):
@@ -128,7 +154,9 @@ def load_python_docs(context: int = 128, test_fraction: float = 0.1) -> Task:
                             f"{split} train / {len(text) - split} test, windows of {context}")
 
 
-BUILT_IN: dict[str, Callable[[], Task]] = {"digits": load_digits, "python-docs": load_python_docs}
+BUILT_IN: dict[str, Callable[[], Task]] = {
+    "digits": load_digits, "python-docs": load_python_docs,
+    "breast-cancer": lambda: load_tabular("breast-cancer"), "wine": lambda: load_tabular("wine")}
 
 
 def task_factory(spec: str) -> Callable[[], Task]:
@@ -154,3 +182,71 @@ def limit(task: Task, train_samples: Optional[int], test_samples: Optional[int])
     def first(dataset: Dataset, count: Optional[int]) -> Dataset:
         return dataset if count is None or count >= len(dataset) else Subset(dataset, range(count))
     return dataclasses.replace(task, train=first(task.train, train_samples), test=first(task.test, test_samples))
+
+
+def _labels(dataset: Dataset) -> Tensor:
+    """Every item's class index, in order."""
+    return torch.tensor([int(dataset[index][1]) for index in range(len(dataset))], dtype=torch.int64)
+
+
+class Relabelled(Dataset):
+    """A classification dataset with its labels replaced."""
+
+    def __init__(self, dataset: Dataset, labels: Tensor) -> None:
+        self.dataset, self.labels = dataset, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.dataset[index][0], self.labels[index]
+
+
+def with_label_noise(task: Task, rate: float, seed: int = 0) -> Task:
+    """The task with round(rate * N) of its N training labels replaced by a different class drawn uniformly (the
+    test data stays clean). The choice depends on seed only, so every variant and training seed sees the same
+    noisy labels."""
+    if rate == 0:
+        return task
+    if task.kind != CLASSIFICATION:
+        raise ValueError(f"label noise needs a classification task; {task.name} is a {task.kind} task")
+    if not 0 < rate <= 1:
+        raise ValueError(f"the label noise rate must be in [0, 1], got {rate}")
+    labels = _labels(task.train)
+    generator = torch.Generator().manual_seed(seed)
+    flipped = torch.randperm(len(labels), generator=generator)[:round(rate * len(labels))]
+    offsets = torch.randint(1, task.num_classes, (len(flipped),), generator=generator)
+    noisy = labels.clone()
+    noisy[flipped] = (labels[flipped] + offsets) % task.num_classes
+    return dataclasses.replace(task, train=Relabelled(task.train, noisy),
+                               description=f"{task.description}; {rate:.0%} of the training labels noisy")
+
+
+def with_validation(task: Task, fraction: float, seed: int = 0) -> Task:
+    """The task with `fraction` of its training data moved to task.validation, the rest left to train on. Text
+    (language_model) keeps its order: the validation windows are the last ones of the training text, so none
+    overlaps a training window. Classes are split stratified, with a permutation fixed by seed."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}")
+    count = len(task.train)
+    if task.kind == LANGUAGE_MODEL:
+        cut = count - max(1, round(fraction * count))
+        train_index, validation_index = list(range(cut)), list(range(cut, count))
+    else:
+        labels = _labels(task.train)
+        generator = torch.Generator().manual_seed(seed)
+        train_index, validation_index = [], []
+        for label in labels.unique().tolist():
+            members = (labels == label).nonzero().flatten()
+            members = members[torch.randperm(len(members), generator=generator)].tolist()
+            cut = round(fraction * len(members))
+            validation_index += members[:cut]
+            train_index += members[cut:]
+        train_index.sort()
+        validation_index.sort()
+    if not train_index or not validation_index:
+        raise ValueError(f"{count} training items are too few to carve a validation split of {fraction}")
+    return dataclasses.replace(task, train=Subset(task.train, train_index),
+                               validation=Subset(task.train, validation_index),
+                               description=f"{task.description}; validation: {len(validation_index)} of the "
+                                           f"{count} training items")

@@ -1,7 +1,8 @@
 """The built-in models, made of plain nn.Linear / nn.Conv2d so that mk.convert expands every weight layer.
 
-Each builder takes the Task (input shape, number of classes or vocabulary size) and returns a dense model; the
-experiment converts a copy of it for every MK configuration.
+Each builder takes the Task (input shape, number of classes or vocabulary size) and a multiplier of the hidden
+widths, and returns a dense model; the experiment converts one for every MK configuration and builds a wider one
+(wide_width) as the over-parameterised reference.
 """
 
 from __future__ import annotations
@@ -102,24 +103,36 @@ class CharTransformer(nn.Module):
         return self.head(self.norm(self.blocks(x)))
 
 
-def _mlp(task: Task) -> nn.Module:
-    return MLP(math.prod(task.input_shape), task.num_classes)
+def _scaled(width: int, multiplier: float, multiple: int = 1) -> int:
+    return max(multiple, multiple * round(width * multiplier / multiple))
 
 
-def _cnn(task: Task) -> nn.Module:
-    return SmallCNN(task.input_shape, task.num_classes)
+def _mlp(task: Task, width: float = 1.0) -> nn.Module:
+    return MLP(math.prod(task.input_shape), task.num_classes, hidden=(_scaled(256, width),) * 2)
 
 
-def _transformer(task: Task) -> nn.Module:
-    return CharTransformer(task.num_classes, context=task.input_shape[0])
+def _cnn(task: Task, width: float = 1.0) -> nn.Module:
+    channels = tuple(_scaled(count, width) for count in (32, 64, 64))
+    return SmallCNN(task.input_shape, task.num_classes, channels=channels, hidden=_scaled(128, width))
 
+
+LM_WIDTH, LM_HEADS = 48, 4
+
+
+def _transformer(task: Task, width: float = 1.0) -> nn.Module:
+    return CharTransformer(task.num_classes, context=task.input_shape[0], width=_scaled(LM_WIDTH, width, LM_HEADS),
+                           heads=LM_HEADS)
+
+
+# A builder takes the task and a multiplier of the hidden widths (1: the dense model) and returns a dense model.
+Builder = Callable[[Task, float], nn.Module]
 
 # The task kind each model fits, and its builder.
-MODELS: dict[str, tuple[str, Callable[[Task], nn.Module]]] = {
+MODELS: dict[str, tuple[str, Builder]] = {
     "mlp": (CLASSIFICATION, _mlp), "cnn": (CLASSIFICATION, _cnn), "transformer": (LANGUAGE_MODEL, _transformer)}
 
 
-def model_builder(name: str, task: Task) -> Callable[[Task], nn.Module]:
+def model_builder(name: str, task: Task) -> Builder:
     """The builder of model `name`, after checking that it fits the task; ValueError otherwise."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose from {', '.join(MODELS)}")
@@ -129,3 +142,25 @@ def model_builder(name: str, task: Task) -> Callable[[Task], nn.Module]:
     if name == "cnn" and len(task.input_shape) != 3:
         raise ValueError(f"model 'cnn' needs (channels, height, width) inputs; {task.name} has {task.input_shape}")
     return build
+
+
+def parameter_count(build: Builder, task: Task, width: float = 1.0) -> int:
+    """The parameters of build(task, width), counted on the meta device (nothing is allocated)."""
+    with torch.device("meta"):
+        return sum(parameter.numel() for parameter in build(task, width).parameters())
+
+
+def wide_width(build: Builder, task: Task, factor: float) -> float:
+    """The width multiplier whose model has the parameter count nearest factor x the dense model's (same depth,
+    wider hidden layers): about sqrt(factor) where layers are quadratic in the width. Found by bisection; raises
+    ValueError when the builder's size does not grow with the width (a builder that ignores it)."""
+    target = factor * parameter_count(build, task)
+    low, high = 1.0, 2.0
+    while parameter_count(build, task, high) < target:
+        if high > 2 * factor:
+            raise ValueError("the model's parameter count does not grow with the width multiplier")
+        low, high = high, 2 * high
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if parameter_count(build, task, middle) < target else (low, middle)
+    return min((low, high), key=lambda width: abs(parameter_count(build, task, width) - target))
