@@ -49,8 +49,8 @@ class SmallCNN(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with its own nn.Linear projections (nn.MultiheadAttention keeps its input
-    projection as a bare parameter, which mk.convert cannot expand)."""
+    """Multi-head causal self-attention with its own nn.Linear projections, so that every projection of the
+    language model is a fused MK layer once converted (nn.MultiheadAttention's would be expanded in place)."""
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
