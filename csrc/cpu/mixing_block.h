@@ -129,10 +129,11 @@ MK_CPU_INLINE void sort_word(Floats (&v)[M]) {
 }
 
 // p[k] = P[k, first + lane] for the kWordLanes lanes of a Word, a compile-time E <= kMaxFixedExpansion, in
-// registers. The lanes' counters are low + lane * R + group with the high word `high` in every lane: a broadcast,
-// so the compiler folds Philox's first rounds, where the counter's words 1 to 3 are the same in every lane.
+// registers. The lanes' counters of group 0 have the low words `low` and the high word `high` in every lane: a
+// broadcast, so the compiler folds Philox's first rounds, where the counter's words 1 to 3 are the same in every
+// lane.
 template <int E>
-MK_CPU_INLINE void mixing_word(const MixingArgs& args, uint32_t low, uint32_t high, Floats (&p)[E]) {
+MK_CPU_INLINE void mixing_word(const MixingArgs& args, const Word& low, uint32_t high, Floats (&p)[E]) {
   if constexpr (E == 1) {
     p[0] = Floats{} + 1.0f;
   } else {
@@ -142,8 +143,8 @@ MK_CPU_INLINE void mixing_word(const MixingArgs& args, uint32_t low, uint32_t hi
     Floats v[M];
     MK_UNROLL
     for (int group = 0; group * 4 < M; ++group) {
-      Word c0, c1 = broadcast(high), c2 = broadcast(0), c3 = broadcast(0);
-      counters_low(low + static_cast<uint32_t>(group), static_cast<uint32_t>(counters_per_element(E)), c0);
+      Word c0 = low, c1 = broadcast(high), c2 = broadcast(0), c3 = broadcast(0);
+      c0 += static_cast<uint32_t>(group);
       philox4x32(c0, c1, c2, c3, key0, key1);
       const Word* words[4] = {&c0, &c1, &c2, &c3};
       MK_UNROLL
@@ -162,12 +163,13 @@ MK_CPU_INLINE void mixing_word(const MixingArgs& args, uint32_t low, uint32_t hi
 template <int E, typename Body>
 MK_CPU_INLINE void for_each_word(const MixingArgs& args, int64_t first, const Body& body) {
   const uint64_t base = element_counter(args.offset, static_cast<uint64_t>(first), E, 0);
-  const uint32_t stride = static_cast<uint32_t>(kWordLanes * counters_per_element(E));
+  Word low;
+  counters_low(static_cast<uint32_t>(base), static_cast<uint32_t>(counters_per_element(E)), low);
   for (int64_t lane = 0; lane < kLanes; lane += kWordLanes) {
     Floats p[E];
-    mixing_word<E>(args, static_cast<uint32_t>(base) + static_cast<uint32_t>(lane / kWordLanes) * stride,
-                   static_cast<uint32_t>(base >> 32), p);
+    mixing_word<E>(args, low, static_cast<uint32_t>(base >> 32), p);
     body(lane, p);
+    low += static_cast<uint32_t>(kWordLanes * counters_per_element(E));
   }
 }
 
