@@ -6,7 +6,8 @@
 // files is always_inline: an inline
 // function that one of them emitted out of line (std::min, a std::vector method) could be the copy the linker
 // keeps for the whole library, and would then run AVX-512 code on processors without it. (`nm -C` on their
-// object files lists the four kernels and the table, nothing else.) They hand over plain function pointers.
+// object files lists the four kernels and the table, and C's memcpy, which GCC makes of a copy loop; nothing
+// else.) They hand over plain function pointers.
 #pragma once
 
 #include <stdint.h>
