@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
 
 
-def initial_copies(weight: Tensor, expansion: int, init: str, redraw: Callable[[], Tensor]) -> Tensor:
+def initial_copies(weight: Tensor, expansion: int, init: str,
+                   redraw: Optional[Callable[[], Tensor]] = None) -> Tensor:
     """[expansion, *weight.shape]: "replicate" repeats `weight` (so the mean is weight, bit for bit); "independent"
     takes `expansion` fresh draws of `redraw()` scaled by sqrt((e + 1) / 2), so the mixed weight keeps the
     variance of one draw (a mixture of e independent draws has variance 2 / (e + 1) of one)."""
@@ -35,6 +36,13 @@ def reinitialiser(module: nn.Module, name: str) -> Callable[[], Tensor]:
         return template._parameters[name]
 
     return redraw
+
+
+def copies_of(module: nn.Module, name: str, expansion: int, init: str) -> Tensor:
+    """initial_copies of `module`'s parameter `name`, redrawn with the module's own initialisation for
+    "independent"."""
+    redraw = reinitialiser(module, name) if init == "independent" else None
+    return initial_copies(module._parameters[name], expansion, init, redraw)
 
 
 def apply_to_copies(module: nn.Module, names: Iterable[str], fn: Callable[[Tensor], Tensor],

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from ._copies import initial_copies
 from ._mean import mean_of_copies
 
 # The metadata entry of a module prefix: {parameter name: expansion} of its expanded weights.
@@ -35,8 +36,7 @@ def _expand_dense_entries(names: tuple[str, ...], module: nn.Module, state_dict,
     for name in names:
         copies, key = module._parameters.get(name), prefix + name
         if copies is not None and key in state_dict and tuple(state_dict[key].shape) == tuple(copies.shape[1:]):
-            dense = state_dict[key]
-            state_dict[key] = dense.unsqueeze(0).repeat(copies.shape[0], *([1] * dense.dim()))
+            state_dict[key] = initial_copies(state_dict[key], copies.shape[0], "replicate")
 
 
 def mark_expanded(module: nn.Module, names: Iterable[str]) -> list[RemovableHandle]:

@@ -136,8 +136,7 @@ def _uses_of_weights(module: nn.Module) -> dict[int, tuple[nn.Parameter, list[_U
         for name, param in holder._parameters.items():
             if param is None or not param.is_floating_point():
                 continue
-            expanded = isinstance(holder, _MKLayer) and name == "weight" or name in holder_inits(holder)
-            if param.dim() >= 2 or expanded:
+            if param.dim() >= 2 or _existing_expansion(holder, name) is not None:
                 uses = weights.setdefault(id(param), (param, []))[1]
                 if not any(use.holder is holder and use.name == name for use in uses):
                     uses.append(_Use(module_name, holder, name))
@@ -207,7 +206,7 @@ def convert(module: nn.Module, expansion: int = 4, *, init: str = "replicate",
                              "forward through the model first so that its shape is known")
 
     summary = ConversionSummary(expansion)
-    fused: dict[int, tuple[nn.Module, list[int]]] = {}  # id(dense layer) -> (layer, ids of its tied weights)
+    fused: dict[int, nn.Module] = {}  # id(dense layer) -> the layer, to become its MK layer
     in_place: list[tuple[nn.Parameter, list[tuple[_Use, tuple[str, nn.Module]]]]] = []
     for param, uses in _uses_of_weights(module).values():
         names = tuple(use.qualified for use in uses)
@@ -240,7 +239,7 @@ def convert(module: nn.Module, expansion: int = 4, *, init: str = "replicate",
         for use in uses:
             reader = _outermost_reader(module, use.module_name)
             if reader is None and type(use.holder) in MK_LAYERS and use.name == "weight":
-                fused.setdefault(id(use.holder), (use.holder, []))[1].append(id(param))
+                fused[id(use.holder)] = use.holder
                 placements.append((use, None))
             else:
                 placements.append((use, reader or (use.module_name, use.holder)))
@@ -252,19 +251,19 @@ def convert(module: nn.Module, expansion: int = 4, *, init: str = "replicate",
 
     # Everything that can fail (MK layers refusing options, independent init without reset_parameters) first.
     replacements = {key: MK_LAYERS[type(layer)].from_dense(layer, expansion, init)
-                    for key, (layer, _) in fused.items()}
-    copies_of: dict[int, nn.Parameter] = {}  # id(dense weight) -> its copies, shared by every use
+                    for key, layer in fused.items()}
+    copies_by_weight: dict[int, nn.Parameter] = {}  # id(dense weight) -> its copies, shared by every use
     for param, placements in in_place:
         for use, owner in placements:
-            if owner is None and id(param) not in copies_of:
-                copies_of[id(param)] = replacements[id(use.holder)].weight
-        if id(param) not in copies_of:
+            if owner is None and id(param) not in copies_by_weight:
+                copies_by_weight[id(param)] = replacements[id(use.holder)].weight
+        if id(param) not in copies_by_weight:
             use = placements[0][0]
-            copies_of[id(param)] = expanded_copies(param, use.holder, use.name, expansion, init)
+            copies_by_weight[id(param)] = expanded_copies(use.holder, use.name, expansion, init)
 
     slots_by_owner: dict[int, tuple[nn.Module, list[Slot]]] = {}
     for param, placements in in_place:
-        copies = copies_of[id(param)]
+        copies = copies_by_weight[id(param)]
         for use, owner in placements:
             if owner is None:
                 replacements[id(use.holder)].weight = copies
@@ -299,8 +298,6 @@ def collapse(module: nn.Module) -> nn.Module:
     def replace(name: str, layer: nn.Module) -> Optional[nn.Module]:
         if not isinstance(layer, _MKLayer):
             return None
-        dense = layer.to_dense()
-        dense.weight = dense_weight(layer.weight)
-        return dense
+        return layer.dense_with(dense_weight(layer.weight))
 
     return _replace_modules(module, replace)

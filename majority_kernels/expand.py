@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from . import _validation as check
 from . import functional
-from ._copies import apply_to_copies, initial_copies, reinitialiser
+from ._copies import apply_to_copies, copies_of, initial_copies
 from ._mean import mean_of_copies
 from .checkpoints import mark_expanded
 
@@ -184,11 +184,10 @@ def drop_copies(holder: nn.Module, name: str, dense: nn.Parameter) -> None:
             holder.__dict__.pop(attribute, None)
 
 
-def expanded_copies(weight: nn.Parameter, holder: nn.Module, name: str, expansion: int,
-                    init: str) -> nn.Parameter:
-    """The copies of `holder`'s parameter `name` (= `weight`) as a new Parameter."""
-    redraw = reinitialiser(holder, name) if init == "independent" else None
-    return nn.Parameter(initial_copies(weight, expansion, init, redraw), requires_grad=weight.requires_grad)
+def expanded_copies(holder: nn.Module, name: str, expansion: int, init: str) -> nn.Parameter:
+    """The copies of `holder`'s parameter `name` as a new Parameter."""
+    return nn.Parameter(copies_of(holder, name, expansion, init),
+                        requires_grad=holder._parameters[name].requires_grad)
 
 
 def _expanded_forward(owner: nn.Module, *args, **kwargs) -> object:
@@ -262,6 +261,6 @@ def expand_parameters(owner: nn.Module, names: Iterable[str], expansion: int = 4
         if name in holder_inits(holder):
             raise ValueError(f"expand_parameters: {path!r} is already expanded")
     for path, holder, name in resolved:
-        adopt_copies(holder, name, expanded_copies(holder._parameters[name], holder, name, expansion, init), init)
+        adopt_copies(holder, name, expanded_copies(holder, name, expansion, init), init)
     bind(owner, [Slot(holder, name, path) for path, holder, name in resolved], expansion)
     return owner

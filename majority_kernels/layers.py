@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from . import _validation as check
 from . import functional
-from ._copies import apply_to_copies, initial_copies, reinitialiser
+from ._copies import apply_to_copies, copies_of
 from ._mean import mean_of_copies
 from .checkpoints import mark_expanded
 
@@ -51,9 +51,7 @@ class _MKLayer(nn.Module):
         for name in self._hyperparameters:
             setattr(self, name, getattr(dense, name))
         self.expansion, self.init = expansion, init
-        redraw = reinitialiser(dense, "weight") if init == "independent" else None
-        self.weight = nn.Parameter(initial_copies(dense.weight, expansion, init, redraw),
-                                   requires_grad=dense.weight.requires_grad)
+        self.weight = nn.Parameter(copies_of(dense, "weight", expansion, init), requires_grad=dense.weight.requires_grad)
         bias = getattr(dense, "bias", None)  # nn.Embedding has none
         if bias is not None:
             self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
@@ -68,9 +66,8 @@ class _MKLayer(nn.Module):
         with "independent" each copy a draw of its own, scaled by sqrt((e + 1) / 2); the bias as the dense
         layer's. This is what `to_empty()` after building on the meta device needs."""
         dense = self._make_dense(device=self.weight.device, dtype=self.weight.dtype)
-        redraw = reinitialiser(dense, "weight") if self.init == "independent" else None
         with torch.no_grad():
-            self.weight.copy_(initial_copies(dense.weight, self.expansion, self.init, redraw))
+            self.weight.copy_(copies_of(dense, "weight", self.expansion, self.init))
             if self.bias is not None:
                 self.bias.copy_(dense.bias)
 
@@ -93,13 +90,18 @@ class _MKLayer(nn.Module):
 
     def to_dense(self) -> nn.Module:
         """The plain torch.nn layer with the mean kernel (a copy: later changes to this layer do not reach it)."""
-        dense = self._empty_dense()
         with torch.no_grad():
-            dense.weight.copy_(self.collapsed_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        dense.weight.requires_grad_(self.weight.requires_grad)
+            mean = nn.Parameter(self.collapsed_weight(), requires_grad=self.weight.requires_grad)
+        return self.dense_with(mean)
+
+    def dense_with(self, weight: nn.Parameter) -> nn.Module:
+        """The plain torch.nn layer with these hyperparameters, this bias (copied) and `weight` itself as its
+        weight (collapse passes one Parameter for all the layers of a tie)."""
+        dense = self._empty_dense()
+        dense.weight = weight
         if self.bias is not None:
+            with torch.no_grad():
+                dense.bias.copy_(self.bias)
             dense.bias.requires_grad_(self.bias.requires_grad)
         return dense.train(self.training)
 
