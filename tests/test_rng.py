@@ -57,7 +57,9 @@ def test_mixing_weights_shape_device_dtype():
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("expansion", [2, 3, 4, 5, 8, 16])
 def test_dirichlet_statistics(backend, expansion, generator):
-    n = 200_000
+    # The Triton interpreter draws ~100x slower: fewer elements there, with bounds that follow n. Its draws equal
+    # the reference's bit for bit (test_backend_equals_reference), so the sharp check of the spec is the others'.
+    n = 20_000 if backend == "triton" else 200_000
     with mk.use_backend(backend):
         p = mk.functional.mixing_weights(expansion, n, random_seed(generator), dtype=torch.float64)
     assert bool((p >= 0).all())
@@ -67,13 +69,14 @@ def test_dirichlet_statistics(backend, expansion, generator):
     assert abs(p[0].mean().item() - mean) < 6 * (var / n) ** 0.5
     assert abs(p.var(dim=1).mean().item() - var) < 6 * var * (2 / n) ** 0.5 * 2
     # Copies of one element are negatively correlated as Dirichlet(1) says: corr = -1 / (e - 1).
-    corr = torch.corrcoef(p[:2])[0, 1].item()
-    assert abs(corr + 1 / (expansion - 1)) < 0.02
+    corr, expected_corr = torch.corrcoef(p[:2])[0, 1].item(), -1 / (expansion - 1)
+    # 6 standard errors of a sample correlation, (1 - rho^2) / sqrt(n), and a floor for rho = -1 exactly (e = 2).
+    assert abs(corr - expected_corr) < 6 * (1 - expected_corr**2) / n**0.5 + 1e-9
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_independent_across_elements_and_steps(backend):
-    n = 100_000
+    n = 20_000 if backend == "triton" else 100_000
     with mk.use_backend(backend):
         p = mk.functional.mixing_weights(4, n, 123, dtype=torch.float64)[0]
         # The next step of a layer: a different seed, or the offset just past this step's counters.
