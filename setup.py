@@ -17,7 +17,8 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Iterable, Optional
+from collections.abc import Iterable
+from typing import Optional
 
 from setuptools import setup
 

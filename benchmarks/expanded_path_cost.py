@@ -91,7 +91,7 @@ def main() -> None:
 
     samples = time_interleaved({name: step(name) for name in models}, device, warmup=3, repeats=args.repeats)
     medians = {name: statistics.median(times) for name, times in samples.items()}
-    lines = [f"# In-place expansion against the fused MK layer: training step of an MLP",
+    lines = ["# In-place expansion against the fused MK layer: training step of an MLP",
              "",
              f"{args.depth} layers of {args.width}×{args.width}, batch {args.batch}, e = {args.expansion}, float32, "
              f"AdamW; {machine(device)}; torch {torch.__version__}; median of {args.repeats} interleaved rounds.",

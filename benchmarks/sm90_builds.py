@@ -135,8 +135,8 @@ def rows(expansion: int, kept_only: bool = False) -> list:
 def markdown(table: list, expansion: int) -> str:
     lines = [f"# sm_90 builds of the Triton GEMMs (Triton {triton.__version__}, e = {expansion}, no GPU)", "",
              f"`python benchmarks/sm90_builds.py`. Shared memory limit per program on sm_90: {SM90_SHARED_LIMIT} "
-             "bytes. `estimate`: tiling.shared_bytes, which the autotuner prunes by (the linear and conv GEMMs); `kept`: whether "
-             "the pruning can keep the configuration on sm_90.", "",
+             "bytes. `estimate`: tiling.shared_bytes, which the autotuner prunes by (the linear and conv GEMMs); "
+             "`kept`: whether the pruning can keep the configuration on sm_90.", "",
              "| kernel | dtype | tile | warps | stages | registers | spill bytes | shared | estimate | kept |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for row in table:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Iterable, Optional
+from collections.abc import Iterable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn

@@ -12,19 +12,20 @@ Threads. Autograd makes its own additions into `.grad` under a mutex per paramet
 take. So the in-place add is made only while no backward of another thread may write the same `.grad`: every
 backward that reaches an expanded weight through these ops registers with it until that backward ends, and adds in
 place only if every registered backward runs on the current thread (one thread runs one node at a time; nested
-backwards run inside the outer one; a CUDA weight's nodes all run on that device's autograd thread). Otherwise it returns its
-gradient, and autograd adds it under its mutex. The add is made under a lock per weight that registration takes too,
-so a backward that registers while one is adding waits for it. A backward that raises skips its end-of-backward
-callbacks and stays registered: other threads then return their gradients for that weight (correct, without the
-saving). A backward of another thread that reaches the weight only through plain torch ops does not register.
-"""
+backwards run inside the outer one; a CUDA weight's nodes all run on that device's autograd thread). Otherwise it
+returns its gradient, and autograd adds it under its mutex. The add is made under a lock per weight that
+registration takes too, so a backward that registers while one is adding waits for it. A backward that raises skips
+its end-of-backward callbacks and stays registered: other threads then return their gradients for that weight
+(correct, without the saving). A backward of another thread that reaches the weight only through plain torch ops
+does not register."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import threading
-from typing import Callable, Iterator, Optional
+from collections.abc import Iterator
+from typing import Callable, Optional
 
 import torch
 import torch.utils.weak

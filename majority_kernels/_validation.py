@@ -55,7 +55,7 @@ def check_float_dtype(dtype: object, name: str) -> torch.dtype:
     return dtype
 
 
-def check_module(module: object, function: str) -> "torch.nn.Module":
+def check_module(module: object, function: str) -> torch.nn.Module:
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"{function}: module must be a torch.nn.Module, got {type(module).__name__}")
     return module

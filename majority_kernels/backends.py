@@ -11,8 +11,9 @@ import contextlib
 import importlib
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections import OrderedDict
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +48,7 @@ def mark_expanded(module: nn.Module, names: Iterable[str]) -> list[RemovableHand
                                                       with_module=True)]
 
 
-def dense_state_dict(state_dict: Mapping[str, Tensor]) -> "OrderedDict[str, Tensor]":
+def dense_state_dict(state_dict: Mapping[str, Tensor]) -> OrderedDict[str, Tensor]:
     """The dense model's state_dict from a converted model's `state_dict` (as `model.state_dict()` or `torch.load`
     gives it): each expanded weight replaced by the mean of its copies (what `collapse` and eval mode use), every
     other entry as it is. It loads strictly into the unconverted model, and is what to give Hugging Face's

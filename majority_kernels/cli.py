@@ -7,8 +7,9 @@ import dataclasses
 import importlib.util
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 

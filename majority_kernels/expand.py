@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Callable, Iterable, NamedTuple, Optional
+from collections.abc import Iterable
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -260,7 +261,7 @@ def expand_parameters(owner: nn.Module, names: Iterable[str], expansion: int = 4
         check.check_floating(holder._parameters[name], f"parameter {path!r}")
         if name in holder_inits(holder):
             raise ValueError(f"expand_parameters: {path!r} is already expanded")
-    for path, holder, name in resolved:
+    for _, holder, name in resolved:
         adopt_copies(holder, name, expanded_copies(holder, name, expansion, init), init)
     bind(owner, [Slot(holder, name, path) for path, holder, name in resolved], expansion)
     return owner

@@ -31,7 +31,7 @@ class _MKLayer(nn.Module):
     bias: Optional[nn.Parameter]
 
     @classmethod
-    def from_dense(cls, layer: nn.Module, expansion: int = 4, init: str = "replicate") -> "_MKLayer":
+    def from_dense(cls, layer: nn.Module, expansion: int = 4, init: str = "replicate") -> _MKLayer:
         """The MK layer for a dense `layer`: "replicate" copies its weight into every copy (so the MK layer in
         eval mode computes exactly what `layer` does); "independent" draws each copy afresh with the dense
         layer's own initialisation, scaled by sqrt((e + 1) / 2) so the mixed kernel keeps the init's variance.
@@ -51,7 +51,8 @@ class _MKLayer(nn.Module):
         for name in self._hyperparameters:
             setattr(self, name, getattr(dense, name))
         self.expansion, self.init = expansion, init
-        self.weight = nn.Parameter(copies_of(dense, "weight", expansion, init), requires_grad=dense.weight.requires_grad)
+        self.weight = nn.Parameter(copies_of(dense, "weight", expansion, init),
+                                   requires_grad=dense.weight.requires_grad)
         bias = getattr(dense, "bias", None)  # nn.Embedding has none
         if bias is not None:
             self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)

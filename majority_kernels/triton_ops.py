@@ -29,7 +29,8 @@ benchmark that decides whether it is worth finishing.
 
 import contextlib
 import math
-from typing import Iterator, Optional, Sequence, Union
+from collections.abc import Iterator, Sequence
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -38,13 +39,12 @@ from . import _environment, tuning
 from . import _validation as check
 from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
 from ._mixing_autograd import mixing_autograd
-from .triton_kernels import INTERPRETING
+from .triton_kernels import INTERPRETING, tiling
 from .triton_kernels import combine as combine_kernels
 from .triton_kernels import conv as conv_kernels
 from .triton_kernels import embedding as embedding_kernels
 from .triton_kernels import linear as linear_kernels
 from .triton_kernels import scatter as scatter_kernels
-from .triton_kernels import tiling
 from .triton_kernels import weight_grad as weight_grad_kernels
 
 NAMESPACE = "majority_kernels_triton"

@@ -91,7 +91,7 @@ class Table:
                 "thresholds": dataclasses.asdict(self.thresholds), "measurements": self.measurements}
 
     @classmethod
-    def from_json(cls, data: Any) -> "Table":
+    def from_json(cls, data: Any) -> Table:
         """The table in `data` (a parsed JSON file); ValueError naming what is wrong."""
         if not isinstance(data, dict):
             raise ValueError(f"a tuning table is a JSON object, got {type(data).__name__}")

@@ -18,12 +18,10 @@ import stat
 
 import pytest
 import torch
+from helpers import ROOT, TOLERANCES, assert_gemm_matches_reference, assert_matches_reference, host_library, random_seed
 
 import majority_kernels as mk
 from majority_kernels import backends, cuda_ops, ops, reference, tuning
-
-from helpers import (ROOT, TOLERANCES, assert_gemm_matches_reference, assert_matches_reference, host_library,
-                     random_seed)
 
 OPS = torch.ops.majority_kernels if ops.HAS_EXTENSION else None
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

@@ -7,7 +7,6 @@ import ctypes
 
 import numpy as np
 import pytest
-
 from helpers import host_library
 
 INT64_MAX = 2**63 - 1

@@ -107,7 +107,7 @@ def _assert_equals_single_process(result: dict) -> None:
     assert result["parameters"].keys() == expected.keys()
     for name, value in expected.items():
         torch.testing.assert_close(result["parameters"][name], value, rtol=1e-12, atol=1e-12,
-                                   msg=lambda m: f"{name}: {m}")
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")

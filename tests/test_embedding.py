@@ -7,13 +7,19 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import (
+    CPU_BACKENDS,
+    EXPANSIONS,
+    FAST_CPU_BACKENDS,
+    TOLERANCES,
+    ParameterSizedAllocations,
+    assert_matches_reference,
+    random_seed,
+)
 from torch import nn
 
 import majority_kernels as mk
 from majority_kernels import ops, reference
-
-from helpers import (CPU_BACKENDS, EXPANSIONS, FAST_CPU_BACKENDS, TOLERANCES, ParameterSizedAllocations,
-                     assert_matches_reference, random_seed)
 
 needs_extension = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="the C++ extension is not built")
 OPS = torch.ops.majority_kernels if ops.HAS_EXTENSION else None

@@ -4,11 +4,10 @@ gradient (input, each copy of the weight, bias)."""
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import CPU_BACKENDS, EXPANSIONS, FAST_CPU_BACKENDS, assert_gemm_matches_reference, random_seed
 
 import majority_kernels as mk
 from majority_kernels import reference
-
-from helpers import CPU_BACKENDS, EXPANSIONS, FAST_CPU_BACKENDS, assert_gemm_matches_reference, random_seed
 
 
 def _leaf(tensor):
@@ -118,7 +117,7 @@ def test_saved_tensors_do_not_grow_with_expansion(backend, generator):
         w = torch.randn(expansion, 24, 32, generator=generator, requires_grad=True)
         storages = {}
 
-        def pack(tensor):
+        def pack(tensor, storages=storages):
             storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
             return tensor
 

@@ -9,10 +9,9 @@ import sys
 
 import pytest
 import torch
+from helpers import ROOT
 
 from majority_kernels import tuning
-
-from helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_summary  # noqa: E402

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from helpers import CPU_BACKENDS, EXPANSIONS, assert_matches_reference, random_seed
 
 import majority_kernels as mk
 from majority_kernels import reference
-
-from helpers import CPU_BACKENDS, EXPANSIONS, assert_matches_reference, random_seed
 
 SHAPES = [(1,), (7,), (64,), (65,), (3, 5), (13, 17), (2, 3, 5, 7), (1, 1, 1)]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

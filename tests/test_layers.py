@@ -605,7 +605,8 @@ def test_from_dense_replicate(name, expansion, generator):
 
 @pytest.mark.parametrize("expansion", [3, 5, 8])
 def test_from_dense_replicate_eval_is_bit_exact(expansion, generator):
-    """docs/design.md section 3: with init="replicate" a converted model computes exactly what it did before, in eval mode."""
+    """docs/design.md section 3: with init="replicate" a converted model computes exactly what it did before, in
+    eval mode."""
     dense = nn.Linear(64, 32)
     layer = mk.MKLinear.from_dense(dense, expansion=expansion).eval()
     assert torch.equal(layer.collapsed_weight(), dense.weight.detach())

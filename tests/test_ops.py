@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from helpers import FAST_CPU_BACKENDS, sgd_losses
 
 import majority_kernels as mk
 from majority_kernels import ops
-
-from helpers import FAST_CPU_BACKENDS, sgd_losses
 
 pytestmark = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="the C++ extension is not built (MK_BUILD_EXT=0)")
 

@@ -15,8 +15,8 @@
 import copy
 import fractions
 import math
-import pathlib
 import os
+import pathlib
 import pickle
 import subprocess
 import sys
@@ -24,12 +24,11 @@ import threading
 
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import CPU_BACKENDS
 from torch import nn
 from torch.nn.utils import parametrize
 
 import majority_kernels as mk
-from helpers import CPU_BACKENDS
 from majority_kernels import backends, ops
 
 FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -359,7 +358,7 @@ def test_mean_of_copies_propagates_inf_and_nan_as_torch_mean(dtype):
         copies = torch.tensor(values, dtype=dtype).view(-1, 1)
         expected = copies.double().mean(0).to(dtype)
         torch.testing.assert_close(mean_of_copies(copies), expected, equal_nan=True, rtol=0, atol=0,
-                                   msg=lambda m: f"{values}: {m}")
+                                   msg=lambda m, values=values: f"{values}: {m}")
 
 
 @pytest.mark.parametrize("dtype", FLOATS)

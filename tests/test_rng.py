@@ -3,11 +3,10 @@ Dirichlet(1) statistics."""
 
 import pytest
 import torch
+from helpers import CPU_BACKENDS, EXPANSIONS, FAST_CPU_BACKENDS, random_seed
 
 import majority_kernels as mk
 from majority_kernels import reference
-
-from helpers import CPU_BACKENDS, EXPANSIONS, FAST_CPU_BACKENDS, random_seed
 
 
 def test_reference_philox_matches_vectors(rng_vectors):

@@ -7,12 +7,12 @@ import copy
 
 import pytest
 import torch
+from helpers import FAST_CPU_BACKENDS, ParameterSizedAllocations
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
 import majority_kernels as mk
-from helpers import FAST_CPU_BACKENDS, ParameterSizedAllocations
 
 CUDA = torch.device("cuda")
 
@@ -46,7 +46,7 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, 
 
 def assert_same_parameters(a: nn.Module, b: nn.Module, **tolerance) -> None:
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(p, q, msg=lambda m: f"{name}: {m}", **(tolerance or dict(rtol=0, atol=0)))
+        torch.testing.assert_close(p, q, msg=lambda m, name=name: f"{name}: {m}", **(tolerance or dict(rtol=0, atol=0)))
 
 
 # ------------------------------------------------------------------------------------------------ torch.compile

@@ -15,12 +15,18 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import (
+    EXPANSIONS,
+    TOLERANCES,
+    assert_gemm_matches_reference,
+    assert_matches_reference,
+    needs_float64_dot,
+    random_seed,
+    sgd_losses,
+)
 
 import majority_kernels as mk
 from majority_kernels import backends, reference, tuning
-
-from helpers import (EXPANSIONS, TOLERANCES, assert_gemm_matches_reference, assert_matches_reference,
-                     needs_float64_dot, random_seed, sgd_losses)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _REASON = backends.BACKENDS["triton"].unavailable(DEVICE)

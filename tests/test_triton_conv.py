@@ -8,11 +8,10 @@ that rows (batch x output pixels), output channels and the reduction (C_in x KH 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import EXPANSIONS, TOLERANCES, assert_gemm_matches_reference, needs_float64_dot, random_seed
 
 import majority_kernels as mk
 from majority_kernels import backends, reference
-
-from helpers import EXPANSIONS, TOLERANCES, assert_gemm_matches_reference, needs_float64_dot, random_seed
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _REASON = backends.BACKENDS["triton"].unavailable(DEVICE)

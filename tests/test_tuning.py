@@ -9,11 +9,10 @@ import warnings
 
 import pytest
 import torch
+from helpers import ROOT, assert_matches_reference
 
 import majority_kernels as mk
 from majority_kernels import backends, cli, cuda_ops, reference, tune, tuning
-
-from helpers import ROOT, assert_matches_reference
 
 GPU = "Fake GPU 9000"
 MEASURED = tuning.Thresholds(cuda_fused_max_rows=3, triton_fused_forward_max_m=5, triton_fused_wgrad_max_m=7,

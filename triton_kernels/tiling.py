@@ -2,7 +2,7 @@
 for the GEMMs that mix their weight tiles the shared-memory estimate and the pruning of configurations by it."""
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -81,7 +81,7 @@ def shared_bytes(config: triton.Config, expansion: int, weight_bytes: int, input
             + config.num_stages * kw["BLOCK_M"] * kw["BLOCK_Q"] * input_bytes + tile * input_bytes)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shared_memory_limit(device: torch.device) -> int:
     """Shared memory one program may use on `device`."""
     # ROCm's properties lack the field: its 64 KiB of LDS.

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -68,7 +69,7 @@ class SavedTensorCounter:
         self._storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    def __enter__(self) -> "SavedTensorCounter":
+    def __enter__(self) -> SavedTensorCounter:
         self._hooks.__enter__()
         return self
 
@@ -89,7 +90,7 @@ class PeakMemory:
         self.bytes: Optional[int] = None
         self._base = 0
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -85,7 +85,7 @@ def run_info(config: BenchConfig, bandwidth: float, skipped: dict[str, str]) -> 
 
 
 # Environment variables that change how the CPU allocator maps and returns large blocks (glibc's tunables, an
-# allocator preloaded in its place): on the CPU they move step times a lot (see README, "CPU memory allocator").
+# allocator preloaded in its place): on the CPU they move step times a lot (docs/benchmarks.md, "CPU memory allocator").
 _ALLOCATOR_VARIABLES = ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_CONF")
 
 

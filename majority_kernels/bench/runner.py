@@ -5,22 +5,35 @@ from __future__ import annotations
 
 import functools
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 import torch._dynamo
 from torch import Tensor
 from tqdm import tqdm
 
-from . import report
 from .. import tuning
 from ..backends import BACKENDS
 from ..layers import MKLinear
+from . import report
 from .config import BenchConfig, ConvShape, LinearShape, Shape
 from .measure import PeakMemory, SavedBytes, SavedTensorCounter, copy_bandwidth, time_interleaved
-from .variants import COMPILED, DENSE, MK, NAIVE, BuildOptions, KernelStep, Variant, combine_steps, \
-    conv_forward_steps, layer_variants, scatter_steps, triton_path_name
+from .variants import (
+    COMPILED,
+    DENSE,
+    MK,
+    NAIVE,
+    BuildOptions,
+    KernelStep,
+    Variant,
+    combine_steps,
+    conv_forward_steps,
+    layer_variants,
+    scatter_steps,
+    triton_path_name,
+)
 
 MASTER_DTYPE = torch.float32
 SEED = 20240207
@@ -103,7 +116,7 @@ def layer_rows(section: str, shape: Shape, expansion: int, config: BenchConfig, 
     """Measure one layer case and return a row per variant."""
     case = LayerCase(shape, expansion, config)
     memory = {variant.name: case.memory(variant) for variant in case.variants}
-    samples = time_interleaved({v.name: lambda v=v: case.step(v) for v in case.variants}, config.device,
+    samples = time_interleaved({v.name: lambda v=v, case=case: case.step(v) for v in case.variants}, config.device,
                                warmup=config.warmup, repeats=config.repeats, reset=case.reset, on_round=advance)
     medians = _medians(samples)
     baselines = _baselines({v.name: v.role for v in case.variants}, medians)
@@ -192,7 +205,7 @@ def crossover_rows(weight_shape: tuple[int, int], expansion: int, config: BenchC
     stops = {FUSED_FORWARD: None, FUSED_WGRAD: None}
     for m in config.crossover_ms:
         case = LayerCase(LinearShape(m, n, k), expansion, config, _sweep_variants)
-        samples = time_interleaved({v.name: lambda v=v: case.step(v) for v in case.variants}, config.device,
+        samples = time_interleaved({v.name: lambda v=v, case=case: case.step(v) for v in case.variants}, config.device,
                                    warmup=config.warmup, repeats=config.repeats, reset=case.reset, on_round=advance)
         medians = _medians(samples)
         for name, time in medians.items():

@@ -101,7 +101,7 @@ def plot_curves(report: dict, folder: Path) -> Path:
         for axes, (key, _, scale) in zip(axes_list, panels):
             values = [value * scale for value in _epoch_means(runs, key)]
             axes.plot(range(1, len(values) + 1), values, label=row["variant"], **style)
-    for axes, (key, label, _) in zip(axes_list, panels):
+    for axes, (_, label, _) in zip(axes_list, panels):
         axes.set_xlabel("epoch")
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
