@@ -17,8 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable
-from typing import Optional
+from typing import Iterable, Optional
 
 from setuptools import setup
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import Tensor, nn

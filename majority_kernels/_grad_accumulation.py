@@ -17,15 +17,15 @@ returns its gradient, and autograd adds it under its mutex. The add is made unde
 registration takes too, so a backward that registers while one is adding waits for it. A backward that raises skips
 its end-of-backward callbacks and stays registered: other threads then return their gradients for that weight
 (correct, without the saving). A backward of another thread that reaches the weight only through plain torch ops
-does not register."""
+does not register.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import threading
-from collections.abc import Iterator
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.utils.weak

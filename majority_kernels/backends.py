@@ -11,9 +11,8 @@ import contextlib
 import importlib
 import threading
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor

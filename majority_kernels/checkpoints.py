@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn

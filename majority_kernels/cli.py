@@ -7,9 +7,8 @@ import dataclasses
 import importlib.util
 import math
 import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 

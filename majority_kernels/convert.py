@@ -18,9 +18,8 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 from torch import nn
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterable
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Iterable, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn

@@ -11,8 +11,7 @@ whatever the expansion.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F

@@ -29,8 +29,7 @@ benchmark that decides whether it is worth finishing.
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from typing import Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor

@@ -19,10 +19,9 @@ import datetime
 import functools
 import os
 import statistics
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 

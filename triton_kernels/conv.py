@@ -9,8 +9,7 @@ P: the same P as combine's. NCHW, groups = 1, forward only. Like linear.py's fus
 weight loads are redone for every row tile, so it can only pay where few row tiles cover B * H_out * W_out.
 """
 
-from collections.abc import Sequence
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import triton

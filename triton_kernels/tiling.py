@@ -2,7 +2,7 @@
 for the GEMMs that mix their weight tiles the shared-memory estimate and the pruning of configurations by it."""
 
 import functools
-from collections.abc import Sequence
+from typing import Sequence
 
 import torch
 import triton

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import ContextManager, Union
 
 import torch
 from torch import Tensor, nn
@@ -144,7 +144,7 @@ class BenchConfig:
     output: Path = Path("benchmarks/results/bench")
     crossover_ms: tuple[int, ...] = CROSSOVER_MS
 
-    def autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> ContextManager:
         """Where the forward runs: torch.autocast to the compute dtype, or nothing for float32."""
         if self.dtype == torch.float32:
             return contextlib.nullcontext()

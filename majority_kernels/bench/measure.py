@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 import torch
 from torch import Tensor

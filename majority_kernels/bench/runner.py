@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import functools
 import statistics
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch._dynamo

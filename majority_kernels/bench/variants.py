@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, ContextManager, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ class Variant:
     backend: Optional[str] = None
     paths: Optional[tuple[str, str]] = None
 
-    def context(self) -> contextlib.AbstractContextManager:
+    def context(self) -> ContextManager:
         # Forward and backward both run in it: the backward looks the backend and the dW path up too.
         stack = contextlib.ExitStack()
         if self.backend:
