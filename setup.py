@@ -71,7 +71,7 @@ def _extensions():
     import torch
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
     might_build_cuda = cuda_sources and not _flag("MK_SKIP_CUDA") and (_flag("FORCE_CUDA") or torch.version.cuda)
     # Before torch.utils.cpp_extension is imported: it reads CUDA_HOME when it loads.
     if might_build_cuda and not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):

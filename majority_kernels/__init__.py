@@ -6,10 +6,8 @@
     model = mk.collapse(model)               # back to plain layers with the mean kernels
 """
 
-# Before the imports: modules imported below read it.
-__version__ = "0.1.0"
-
 from . import functional, reference
+from ._version import __version__
 from .backends import available_backends, use_backend
 from .checkpoints import dense_state_dict
 from .convert import ConversionSummary, collapse, convert

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import Tensor
 
-from . import _environment, ops, reference
+from . import _environment, cuda_ops, ops, reference
 
 AUTO = "auto"
 
@@ -109,7 +109,7 @@ BACKENDS: dict[str, Backend] = {
     "reference": Backend("reference", reference.combine, reference.scatter, _reference_scatter_add_,
                          _reference_mixing_weights, _reference_embedding_combine, lambda device: None),
     "cpu": _compiled_backend("cpu", _cpu_unavailable),
-    "cuda": _compiled_backend("cuda", _cuda_unavailable, importlib.import_module(f"{__package__}.cuda_ops").linear),
+    "cuda": _compiled_backend("cuda", _cuda_unavailable, cuda_ops.linear),
     "triton": _triton_backend(),
 }
 

@@ -25,7 +25,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from . import __version__, tuning
+from . import tuning
+from ._version import __version__
 from .backends import BACKENDS, use_backend
 from .bench import measure
 from .bench.config import BenchConfig, LinearShape

@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import __version__
+from ._version import __version__
 
 FORMAT = 1
 TUNING_DIR_VARIABLE = "MK_TUNING_DIR"

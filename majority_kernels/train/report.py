@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..bench.report import cpu_model
 from .data import LANGUAGE_MODEL, Task
 from .plots import write_plots
