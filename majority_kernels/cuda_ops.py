@@ -16,12 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _environment, ops, tuning
+from . import ops, paths, tuning
 from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
-
-# Environment override of the choice: "fused" or "combine" forces that path for every shape ("auto": by shape).
-PATH_VARIABLE = "MK_LINEAR_PATH"
-PATHS = ("auto", "fused", "combine")
 
 _HALF_FLOATS = (torch.bfloat16, torch.float16)
 
@@ -35,17 +31,19 @@ def fused_supports(weight_dtype: torch.dtype, input_dtype: torch.dtype) -> bool:
 
 def linear_path(rows: int, weight_dtype: torch.dtype, input_dtype: torch.dtype, device: torch.device,
                 expansion: int) -> str:
-    """"fused" or "combine": the path for `rows` input rows on `device`, unless MK_LINEAR_PATH forces one. The
-    fused forward runs up to the GPU's tuning.Thresholds.cuda_fused_max_rows rows, and never unforced for one
-    copy (nothing to mix: the dense layer's own GEMM, bit for bit)."""
-    forced = _environment.read(PATH_VARIABLE) or "auto"
-    if forced not in PATHS:
-        raise ValueError(f"{PATH_VARIABLE} must be one of {PATHS}, got {forced!r}")
-    if forced == "fused" and not fused_supports(weight_dtype, input_dtype):
-        raise ValueError(f"{PATH_VARIABLE}=fused: the fused kernel has no build for weight {weight_dtype} with "
-                         f"input {input_dtype}")
-    if forced != "auto":
-        return forced
+    """"fused" or "combine": the path for `rows` input rows on `device`, unless one is forced
+    (majority_kernels.paths). The fused forward runs up to the GPU's tuning.Thresholds.cuda_fused_max_rows rows,
+    and never unforced for one copy (nothing to mix: the dense layer's own GEMM, bit for bit). The weight
+    gradient has one path here, scatter: forcing the fused one raises."""
+    forced = paths.forced()
+    if forced.wgrad == "fused":
+        raise ValueError(f"dW path 'fused' ({paths.WGRAD_VARIABLE} or force_paths): backend 'cuda' has only "
+                         "'scatter' (torch's GEMM, then scatter); the fused dW GEMM is the triton backend's")
+    if forced.forward == "fused" and not fused_supports(weight_dtype, input_dtype):
+        raise ValueError(f"forward path 'fused' ({paths.FORWARD_VARIABLE} or force_paths): the fused kernel has "
+                         f"no build for weight {weight_dtype} with input {input_dtype}")
+    if forced.forward is not None:
+        return forced.forward
     fused = (expansion > 1 and rows <= tuning.for_device(device).cuda_fused_max_rows
              and fused_supports(weight_dtype, input_dtype))
     return "fused" if fused else "combine"

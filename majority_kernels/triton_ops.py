@@ -18,29 +18,25 @@ The mixed linear layer has two forward paths and two weight-gradient paths:
   forward "combine": combine (W_eff in the compute dtype, kept for the backward), then torch's GEMM.
   dW "fused":        a Triton GEMM dY^T X whose epilogue writes the copies' gradients P_k * dW_eff.
   dW "scatter":      torch's GEMM for dW_eff, then scatter.
-MK_LINEAR_PATH=fused|combine and MK_WGRAD_PATH=fused|scatter force a path (read when the layer runs, or when
-torch.compile traces it); `force_paths` does the same in a block. Otherwise the batch size M decides, against
-the GPU's thresholds (majority_kernels.tuning: its measured table, else the unmeasured defaults).
+A path can be forced (majority_kernels.paths: MK_LINEAR_PATH, MK_WGRAD_PATH, force_paths); otherwise the batch
+size M decides, against the GPU's thresholds (majority_kernels.tuning: its measured table, else the unmeasured
+defaults).
 
-Convolutions run combine, then cuDNN. `conv2d_fused_forward` (the op mixed_conv2d) is a forward-only prototype of
-the alternative, an implicit-GEMM convolution with the mixing fused into its weight-tile load, kept for the
-benchmark that decides whether it is worth finishing.
+Convolutions run combine, then cuDNN; majority_kernels.experimental.fused_conv holds the prototype of the
+alternative.
 """
 
-import contextlib
 import math
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from . import _environment, tuning
-from . import _validation as check
+from . import paths, tuning
 from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
 from ._mixing_autograd import mixing_autograd
 from .triton_kernels import INTERPRETING, tiling
 from .triton_kernels import combine as combine_kernels
-from .triton_kernels import conv as conv_kernels
 from .triton_kernels import embedding as embedding_kernels
 from .triton_kernels import linear as linear_kernels
 from .triton_kernels import scatter as scatter_kernels
@@ -48,12 +44,6 @@ from .triton_kernels import weight_grad as weight_grad_kernels
 
 NAMESPACE = "majority_kernels_triton"
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-FORWARD_PATHS = ("fused", "combine")
-WGRAD_PATHS = ("fused", "scatter")
-
-# force_paths blocks, innermost last: a plain list, which torch.compile guards on (a changed choice retraces).
-_forced: list[tuple[Optional[str], Optional[str]]] = []
 
 
 def unavailable(device: torch.device) -> Optional[str]:
@@ -68,7 +58,7 @@ def unavailable(device: torch.device) -> Optional[str]:
     return f"backend 'triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), not on {device}"
 
 
-def _check_dtype(dtype: torch.dtype, what: str) -> None:
+def check_dtype(dtype: torch.dtype, what: str) -> None:
     if dtype not in DTYPES:
         raise TypeError(f"backend 'triton' supports float32, bfloat16, float16 and float64; {what} is {dtype}")
 
@@ -86,11 +76,11 @@ def _check_target(grad_weight: Tensor) -> None:
 
 # ---- custom ops ----------------------------------------------------------------------------------------------
 
-def _op(name: str, mutates_args: tuple[str, ...] = ()):
+def custom_op(name: str, mutates_args: tuple[str, ...] = ()):
     return torch.library.custom_op(f"{NAMESPACE}::{name}", mutates_args=mutates_args)
 
 
-@_op("combine")
+@custom_op("combine")
 def _combine(weight: Tensor, seed: Tensor, offset: int, out_dtype: Optional[torch.dtype]) -> Tensor:
     out = weight.new_empty(weight.shape[1:], dtype=out_dtype or weight.dtype)
     combine_kernels.combine(weight.contiguous(), seed, offset, out, tuning.for_device(out.device).combine_block)
@@ -102,7 +92,7 @@ def _(weight, seed, offset, out_dtype):
     return weight.new_empty(weight.shape[1:], dtype=out_dtype or weight.dtype)
 
 
-@_op("scatter")
+@custom_op("scatter")
 def _scatter(grad: Tensor, seed: Tensor, offset: int, expansion: int, out_dtype: Optional[torch.dtype]) -> Tensor:
     out = grad.new_empty((expansion, *grad.shape), dtype=out_dtype or grad.dtype)
     scatter_kernels.scatter(grad.contiguous(), seed, offset, out, False, tuning.for_device(out.device).scatter_block)
@@ -114,7 +104,7 @@ def _(grad, seed, offset, expansion, out_dtype):
     return grad.new_empty((expansion, *grad.shape), dtype=out_dtype or grad.dtype)
 
 
-@_op("scatter_add_", mutates_args=("grad_weight",))
+@custom_op("scatter_add_", mutates_args=("grad_weight",))
 def _scatter_add_(grad_weight: Tensor, grad: Tensor, seed: Tensor, offset: int) -> None:
     _check_target(grad_weight)
     scatter_kernels.scatter(grad.contiguous(), seed, offset, grad_weight, True,
@@ -126,7 +116,7 @@ def _(grad_weight, grad, seed, offset):
     return None
 
 
-@_op("mixing_weights")
+@custom_op("mixing_weights")
 def _mixing_weights(seed: Tensor, offset: int, expansion: int, numel: int) -> Tensor:
     out = seed.new_empty((expansion, numel), dtype=torch.float32)
     scatter_kernels.mixing_weights(seed, offset, out, tuning.for_device(out.device).scatter_block)
@@ -138,7 +128,7 @@ def _(seed, offset, expansion, numel):
     return seed.new_empty((expansion, numel), dtype=torch.float32)
 
 
-@_op("embedding_combine")
+@custom_op("embedding_combine")
 def _embedding_combine(weight: Tensor, indices: Tensor, seed: Tensor, offset: int,
                        out_dtype: Optional[torch.dtype]) -> Tensor:
     out = weight.new_empty((*indices.shape, weight.shape[2]), dtype=out_dtype or weight.dtype)
@@ -151,7 +141,7 @@ def _(weight, indices, seed, offset, out_dtype):
     return weight.new_empty((*indices.shape, weight.shape[2]), dtype=out_dtype or weight.dtype)
 
 
-@_op("embedding_scatter")
+@custom_op("embedding_scatter")
 def _embedding_scatter(grad: Tensor, indices: Tensor, seed: Tensor, offset: int, expansion: int, rows: int,
                        out_dtype: torch.dtype) -> Tensor:
     """The table gradient [expansion, rows, dim]: P_k * grad added into the looked-up rows, in a float32 (float64)
@@ -168,7 +158,7 @@ def _(grad, indices, seed, offset, expansion, rows, out_dtype):
     return grad.new_empty((expansion, rows, grad.shape[-1]), dtype=out_dtype)
 
 
-@_op("embedding_scatter_add_", mutates_args=("grad_weight",))
+@custom_op("embedding_scatter_add_", mutates_args=("grad_weight",))
 def _embedding_scatter_add_(grad_weight: Tensor, grad: Tensor, indices: Tensor, seed: Tensor, offset: int) -> None:
     """grad_weight[k, indices[t]] += P_k * grad[t] in place, for a float32 or float64 table."""
     _check_target(grad_weight)
@@ -181,7 +171,7 @@ def _(grad_weight, grad, indices, seed, offset):
     return None
 
 
-@_op("mixed_matmul")
+@custom_op("mixed_matmul")
 def _mixed_matmul(a: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int,
                   transposed: bool) -> Tensor:
     """a @ W_eff^T + bias (a [M, K] -> [M, N]), or a @ W_eff (transposed; a [M, N] -> [M, K]), for weight
@@ -197,7 +187,7 @@ def _(a, weight, bias, seed, offset, transposed):
     return a.new_empty((a.shape[0], weight.shape[1 + transposed]))
 
 
-@_op("weight_grad")
+@custom_op("weight_grad")
 def _weight_grad(grad_out: Tensor, input: Tensor, seed: Tensor, offset: int, expansion: int,
                  out_dtype: torch.dtype) -> Tensor:
     """Every copy's gradient P_k * (grad_out^T @ input) [expansion, N, K] from one GEMM (dW_eff never stored)."""
@@ -211,7 +201,7 @@ def _(grad_out, input, seed, offset, expansion, out_dtype):
     return input.new_empty((expansion, grad_out.shape[1], input.shape[1]), dtype=out_dtype)
 
 
-@_op("weight_grad_add_", mutates_args=("grad_weight",))
+@custom_op("weight_grad_add_", mutates_args=("grad_weight",))
 def _weight_grad_add_(grad_weight: Tensor, grad_out: Tensor, input: Tensor, seed: Tensor, offset: int) -> None:
     """grad_weight[k] += P_k * (grad_out^T @ input), in place (gradient accumulation without a temporary)."""
     _check_target(grad_weight)
@@ -221,23 +211,6 @@ def _weight_grad_add_(grad_weight: Tensor, grad_out: Tensor, input: Tensor, seed
 @_weight_grad_add_.register_fake
 def _(grad_weight, grad_out, input, seed, offset):
     return None
-
-
-@_op("mixed_conv2d")
-def _mixed_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int,
-                  stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int) -> Tensor:
-    """F.conv2d(x, W_eff, bias, stride, padding, dilation) for NCHW x and weight [e, C_out, C_in, KH, KW]
-    (groups = 1 only), in x's dtype, W_eff built inside an implicit-GEMM convolution. Forward only, with no
-    autograd formula: a prototype to benchmark against combine + cuDNN (`majority-kernels bench --only
-    conv-fused`); the layers' convolutions do not use it."""
-    return conv_kernels.mixed_conv2d(x, weight, bias, seed, offset, stride, padding, dilation, groups)
-
-
-@_mixed_conv2d.register_fake
-def _(x, weight, bias, seed, offset, stride, padding, dilation, groups):
-    sizes = (conv_kernels.output_size(x.shape[2 + d], weight.shape[3 + d], stride[d], padding[d], dilation[d])
-             for d in (0, 1))
-    return x.new_empty((x.shape[0], weight.shape[1], *sizes))
 
 
 # ---- autograd ------------------------------------------------------------------------------------------------
@@ -333,37 +306,12 @@ def _linear_weight_grad(ctx, grad_out: Tensor, x: Tensor, seed: Tensor) -> Tenso
 
 # ---- path choice ---------------------------------------------------------------------------------------------
 
-def _env_path(variable: str, choices: tuple[str, ...]) -> Optional[str]:
-    value = _environment.read(variable)
-    if not value:
-        return None
-    if value not in choices:
-        raise ValueError(f"{variable} must be one of {', '.join(choices)} (or unset), got {value!r}")
-    return value
-
-
-@contextlib.contextmanager
-def force_paths(forward: Optional[str] = None, wgrad: Optional[str] = None) -> Iterator[None]:
-    """Run the enclosed mixed linear layers on the given paths (None: as the environment or M decide)."""
-    if forward not in (None, *FORWARD_PATHS):
-        raise ValueError(f"forward path must be one of {FORWARD_PATHS} or None, got {forward!r}")
-    if wgrad not in (None, *WGRAD_PATHS):
-        raise ValueError(f"wgrad path must be one of {WGRAD_PATHS} or None, got {wgrad!r}")
-    _forced.append((forward, wgrad))
-    try:
-        yield
-    finally:
-        _forced.pop()
-
-
 def linear_paths(m: int, dtype: torch.dtype, device: torch.device, expansion: int) -> tuple[str, str]:
-    """(forward path, dW path) for an input of m rows in the compute dtype on `device`: force_paths, else
-    MK_LINEAR_PATH / MK_WGRAD_PATH, else the device's M thresholds (tuning.for_device); never a fused path that
+    """(forward path, dW path) for an input of m rows in the compute dtype on `device`: the forced paths
+    (majority_kernels.paths), else the device's M thresholds (tuning.for_device); never a fused path that
     the installed Triton cannot build for dtype (forcing one raises). One copy has nothing to mix: unforced, it
     takes the dense layer's own GEMMs, so that it computes what the dense layer does bit for bit."""
-    forward, wgrad = _forced[-1] if _forced else (None, None)
-    forward = forward or _env_path("MK_LINEAR_PATH", FORWARD_PATHS)
-    wgrad = wgrad or _env_path("MK_WGRAD_PATH", WGRAD_PATHS)
+    forward, wgrad = paths.forced()
     if "fused" in (forward, wgrad):
         tiling.check_dot_dtype(dtype)
     fusable = tiling.dot_supports(dtype) and expansion > 1
@@ -376,24 +324,24 @@ def linear_paths(m: int, dtype: torch.dtype, device: torch.device, expansion: in
 # ---- the Backend's functions ---------------------------------------------------------------------------------
 
 def combine(weight: Tensor, seed: Tensor, offset: int, out_dtype: Optional[torch.dtype]) -> Tensor:
-    _check_dtype(weight.dtype, "weight")
+    check_dtype(weight.dtype, "weight")
     if out_dtype is not None:
-        _check_dtype(out_dtype, "out_dtype")
+        check_dtype(out_dtype, "out_dtype")
     _check_seed(seed, weight.device)
     return _combine(weight, seed, offset, out_dtype)
 
 
 def scatter(grad: Tensor, seed: Tensor, offset: int, expansion: int, out_dtype: Optional[torch.dtype]) -> Tensor:
-    _check_dtype(grad.dtype, "grad")
+    check_dtype(grad.dtype, "grad")
     if out_dtype is not None:
-        _check_dtype(out_dtype, "out_dtype")
+        check_dtype(out_dtype, "out_dtype")
     _check_seed(seed, grad.device)
     return _scatter(grad, seed, offset, expansion, out_dtype)
 
 
 def scatter_add_(grad_weight: Tensor, grad: Tensor, seed: Tensor, offset: int) -> None:
-    _check_dtype(grad.dtype, "grad")
-    _check_dtype(grad_weight.dtype, "grad_weight")
+    check_dtype(grad.dtype, "grad")
+    check_dtype(grad_weight.dtype, "grad_weight")
     _check_seed(seed, grad.device)
     if tuple(grad_weight.shape[1:]) != tuple(grad.shape) or not grad_weight.is_contiguous():
         raise ValueError(f"grad_weight must be a contiguous [expansion, *grad.shape] tensor, got shape "
@@ -420,9 +368,9 @@ def _check_indices(indices: Tensor, rows: int, device: torch.device) -> None:
 
 def embedding_combine(weight: Tensor, indices: Tensor, seed: Tensor, offset: int,
                       out_dtype: Optional[torch.dtype]) -> Tensor:
-    _check_dtype(weight.dtype, "weight")
+    check_dtype(weight.dtype, "weight")
     if out_dtype is not None:
-        _check_dtype(out_dtype, "out_dtype")
+        check_dtype(out_dtype, "out_dtype")
     if weight.dim() != 3:
         raise ValueError(f"weight must be an [expansion, rows, dim] table, got shape {tuple(weight.shape)}")
     _check_seed(seed, weight.device)
@@ -434,31 +382,11 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, 
            out_dtype: torch.dtype) -> Tensor:
     """The mixed linear layer y = input @ W_eff^T + bias in the compute dtype out_dtype (input and bias are cast
     to it, as autocast would), on the paths linear_paths chooses for the input's row count."""
-    _check_dtype(weight.dtype, "weight")
-    _check_dtype(out_dtype, "the compute dtype")
+    check_dtype(weight.dtype, "weight")
+    check_dtype(out_dtype, "the compute dtype")
     _check_seed(seed, weight.device)
     x = input.to(out_dtype).reshape(math.prod(input.shape[:-1]), input.shape[-1])
     forward, wgrad = linear_paths(x.shape[0], out_dtype, weight.device, weight.shape[0])
     out = _MixedLinear.apply(x, weight, None if bias is None else bias.to(out_dtype), seed, offset,
                              forward == "fused", wgrad == "fused")
     return out.view(*input.shape[:-1], weight.shape[1])
-
-
-IntOrPair = Union[int, Sequence[int]]
-
-
-def conv2d_fused_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrPair = 1,
-                         padding: IntOrPair = 0, dilation: IntOrPair = 1, groups: int = 1, *,
-                         seed: Union[int, Tensor], offset: int = 0) -> Tensor:
-    """The forward of mk.functional.majority_conv2d by the fused implicit-GEMM kernel: equal to combine then
-    F.conv2d (same P, W_eff rounded to the compute dtype), without W_eff in memory. Input and bias are cast to the
-    compute dtype (the autocast dtype, else weight's), as majority_conv2d would. A forward-only prototype, for
-    the benchmark: a backward through its output raises; NCHW, groups = 1."""
-    check.check_floating(input, "input")
-    _check_dtype(weight.dtype, "weight")
-    dtype = check.compute_dtype(input, weight)
-    _check_dtype(dtype, "the compute dtype")
-    pairs = [list(conv_kernels.pair(value, name, minimum))
-             for value, name, minimum in ((stride, "stride", 1), (padding, "padding", 0), (dilation, "dilation", 1))]
-    return _mixed_conv2d(input.to(dtype), weight, None if bias is None else bias.to(dtype),
-                         check.seed_tensor(seed, weight.device), check.signed_offset(offset), *pairs, groups)

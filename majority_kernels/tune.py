@@ -14,18 +14,16 @@ lost at the first. Between two measured sizes the table keeps the smaller.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import functools
-import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
-from . import tuning
+from . import paths, tuning
 from ._version import __version__
 from .backends import BACKENDS, use_backend
 from .bench import measure
@@ -120,22 +118,6 @@ def triton_crossover(plan: Plan, device: torch.device, workload: Workload) -> tu
     return threshold(runner.FUSED_FORWARD), threshold(runner.FUSED_WGRAD), kept
 
 
-@contextlib.contextmanager
-def _linear_path(path: str) -> Iterator[None]:
-    """The `cuda` backend's MK_LINEAR_PATH set to `path` inside the block."""
-    from . import cuda_ops
-
-    before = os.environ.get(cuda_ops.PATH_VARIABLE)
-    os.environ[cuda_ops.PATH_VARIABLE] = path
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[cuda_ops.PATH_VARIABLE]
-        else:
-            os.environ[cuda_ops.PATH_VARIABLE] = before
-
-
 def cuda_small_m(plan: Plan, device: torch.device, workload: Workload) -> tuple[Optional[int], list[dict]]:
     """(threshold, rows) of the `cuda` backend's fused small-M forward against combine + cuBLAS (forward only, the
     backward is the same on both); (None, []) where the CUDA kernels cannot run on `device`."""
@@ -151,7 +133,7 @@ def cuda_small_m(plan: Plan, device: torch.device, workload: Workload) -> tuple[
 
         def forward(path: str, x: torch.Tensor = x) -> Callable[[], object]:
             def run() -> object:
-                with _linear_path(path), torch.no_grad(), config.autocast(), use_backend("cuda"):
+                with paths.force_paths(path), torch.no_grad(), config.autocast(), use_backend("cuda"):
                     return layer(x)
             return run
 

@@ -21,7 +21,7 @@ import torch
 from helpers import ROOT, TOLERANCES, assert_gemm_matches_reference, assert_matches_reference, host_library, random_seed
 
 import majority_kernels as mk
-from majority_kernels import backends, cuda_ops, ops, reference, tuning
+from majority_kernels import backends, cuda_ops, ops, paths, reference, tuning
 
 OPS = torch.ops.majority_kernels if ops.HAS_EXTENSION else None
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -146,7 +146,8 @@ def test_pack_bodies_match_reference(pack_host, expansion, dtype, numel, misalig
 
 
 def test_linear_path_choice(monkeypatch):
-    monkeypatch.delenv(cuda_ops.PATH_VARIABLE, raising=False)
+    monkeypatch.delenv(paths.FORWARD_VARIABLE, raising=False)
+    monkeypatch.delenv(paths.WGRAD_VARIABLE, raising=False)
     f32, bf16, f64 = torch.float32, torch.bfloat16, torch.float64
     gpu = torch.device("cuda")
     # The threshold comes from the GPU's tuning table (tests/test_tuning.py); its value here is the one in force.
@@ -158,14 +159,24 @@ def test_linear_path_choice(monkeypatch):
     assert cuda_ops.linear_path(max_rows + 1, f32, f32, gpu, 4) == "combine"
     assert cuda_ops.linear_path(1, f32, f64, gpu, 4) == "combine"  # no fused kernel for that pair
     assert cuda_ops.linear_path(1, f32, f32, gpu, 1) == "combine"  # one copy: the dense GEMM
-    monkeypatch.setenv(cuda_ops.PATH_VARIABLE, "combine")
+    monkeypatch.setenv(paths.FORWARD_VARIABLE, "combine")
     assert cuda_ops.linear_path(1, f32, f32, gpu, 4) == "combine"
-    monkeypatch.setenv(cuda_ops.PATH_VARIABLE, "fused")
+    monkeypatch.setenv(paths.FORWARD_VARIABLE, "fused")
     assert cuda_ops.linear_path(4096, f32, bf16, gpu, 4) == "fused"
     with pytest.raises(ValueError, match="no build for weight"):
         cuda_ops.linear_path(1, f32, f64, gpu, 4)
-    monkeypatch.setenv(cuda_ops.PATH_VARIABLE, "fastest")
-    with pytest.raises(ValueError, match="MK_LINEAR_PATH must be one of"):
+    with paths.force_paths("combine"):  # a block wins over the environment, on every backend
+        assert cuda_ops.linear_path(1, f32, bf16, gpu, 4) == "combine"
+    monkeypatch.setenv(paths.FORWARD_VARIABLE, " Auto ")
+    assert cuda_ops.linear_path(1, f32, bf16, gpu, 4) == "fused"
+    monkeypatch.setenv(paths.FORWARD_VARIABLE, "fastest")
+    with pytest.raises(ValueError, match="MK_LINEAR_PATH must be one of auto, fused, combine"):
+        cuda_ops.linear_path(1, f32, f32, gpu, 4)
+    monkeypatch.delenv(paths.FORWARD_VARIABLE)
+    monkeypatch.setenv(paths.WGRAD_VARIABLE, "scatter")
+    assert cuda_ops.linear_path(1, f32, bf16, gpu, 4) == "fused"
+    monkeypatch.setenv(paths.WGRAD_VARIABLE, "fused")  # the triton backend's dW GEMM: none here, never ignored
+    with pytest.raises(ValueError, match="backend 'cuda' has only 'scatter'"):
         cuda_ops.linear_path(1, f32, f32, gpu, 4)
 
 
@@ -495,7 +506,7 @@ def test_fused_and_combine_paths_agree(rows, autocast, monkeypatch, generator):
     x = _randn(2, rows, 96, generator=generator)
     results = {}
     for path in ("fused", "combine"):
-        monkeypatch.setenv(cuda_ops.PATH_VARIABLE, path)
+        monkeypatch.setenv(paths.FORWARD_VARIABLE, path)
         torch.manual_seed(3)
         layer.zero_grad()
         xg = x.clone().requires_grad_()

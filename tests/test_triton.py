@@ -26,7 +26,7 @@ from helpers import (
 )
 
 import majority_kernels as mk
-from majority_kernels import backends, reference, tuning
+from majority_kernels import backends, paths, reference, tuning
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _REASON = backends.BACKENDS["triton"].unavailable(DEVICE)
@@ -257,12 +257,12 @@ def test_gradcheck_combine_scatter_embedding(expansion, generator):
                                         fast_mode=True)
 
 
-@pytest.mark.parametrize("paths", [pytest.param(("fused", "fused"), marks=needs_float64_dot), ("combine", "scatter")])
-def test_gradcheck_majority_linear(paths, generator):
+@pytest.mark.parametrize("forced", [pytest.param(("fused", "fused"), marks=needs_float64_dot), ("combine", "scatter")])
+def test_gradcheck_majority_linear(forced, generator):
     x = _randn(3, 5, generator=generator, dtype=torch.float64).requires_grad_()
     w = _randn(4, 2, 5, generator=generator, dtype=torch.float64).requires_grad_()
     b = _randn(2, generator=generator, dtype=torch.float64).requires_grad_()
-    with _triton(), triton_ops.force_paths(*paths):
+    with _triton(), paths.force_paths(*forced):
         assert torch.autograd.gradcheck(lambda x, w, b: mk.functional.majority_linear(x, w, b, seed=7), (x, w, b),
                                         fast_mode=True)
 
@@ -294,7 +294,7 @@ def test_linear_paths_match_reference(forward, wgrad, generator):
     x, weight, bias = _linear_case(37, 45, 70, 3, generator)
     seed, offset = random_seed(generator), 2**64 - 20
     grad_out = _randn(37, 45, generator=generator)
-    with _triton(), triton_ops.force_paths(forward, wgrad):
+    with _triton(), paths.force_paths(forward, wgrad):
         out = mk.functional.majority_linear(x, weight, bias, seed=seed, offset=offset)
         out.backward(grad_out)
     expected = _reference_linear(x, weight, bias, seed, offset, grad_out, torch.float32)
@@ -307,7 +307,7 @@ def test_fused_kernels_every_expansion(expansion, generator):
     x, weight, bias = _linear_case(17, 20, 33, expansion, generator)
     seed = random_seed(generator)
     grad_out = _randn(17, 20, generator=generator)
-    with _triton(), triton_ops.force_paths("fused", "fused"):
+    with _triton(), paths.force_paths("fused", "fused"):
         out = mk.functional.majority_linear(x, weight, bias, seed=seed, offset=5)
         out.backward(grad_out)
     expected = _reference_linear(x, weight, bias, seed, 5, grad_out, torch.float32)
@@ -318,7 +318,7 @@ def test_fused_kernels_every_expansion(expansion, generator):
 def test_linear_batched_input_and_no_bias(generator):
     x = _randn(2, 3, 9, generator=generator)
     weight = _randn(2, 4, 9, generator=generator)
-    with _triton(), triton_ops.force_paths("fused"):
+    with _triton(), paths.force_paths("fused"):
         out = mk.functional.majority_linear(x, weight, seed=1)
     assert out.shape == (2, 3, 4)
     assert_gemm_matches_reference(_cpu64(out), _cpu64(x) @ reference.combine(_cpu64(weight), 1).T)
@@ -327,7 +327,7 @@ def test_linear_batched_input_and_no_bias(generator):
 @pytest.mark.parametrize("forward", ["fused", "combine"])
 def test_linear_empty_batch_and_features(forward):
     weight, bias = torch.ones(2, 4, 0, device=DEVICE, requires_grad=True), torch.ones(4, device=DEVICE)
-    with _triton(), triton_ops.force_paths(forward, "fused"):
+    with _triton(), paths.force_paths(forward, "fused"):
         out = mk.functional.majority_linear(torch.ones(3, 0, device=DEVICE), weight, bias, seed=1)
         out.sum().backward()
         assert torch.equal(out, bias.expand(3, 4)) and weight.grad.shape == (2, 4, 0)
@@ -340,7 +340,7 @@ def test_linear_under_autocast(forward, generator):
     # float32 master weights, bfloat16 compute: W_eff (and the output) in bfloat16.
     x, weight, bias = _linear_case(20, 24, 40, 4, generator)
     grad_out = _randn(20, 24, generator=generator, dtype=torch.bfloat16)
-    with _triton(), triton_ops.force_paths(forward, "fused"), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+    with _triton(), paths.force_paths(forward, "fused"), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         out = mk.functional.majority_linear(x, weight, bias, seed=3)
     out.backward(grad_out)
     assert out.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
@@ -353,7 +353,7 @@ def test_linear_under_autocast(forward, generator):
 def test_fused_path_weight_kept_without_a_saved_copy(generator):
     # The fused input gradient reads the copies: a leaf weight is remembered (and checked), a frozen one saved.
     x, weight, bias = _linear_case(5, 6, 7, 2, generator)
-    with _triton(), triton_ops.force_paths("fused"):
+    with _triton(), paths.force_paths("fused"):
         out = mk.functional.majority_linear(x, weight, bias, seed=2)
         with torch.no_grad():
             weight.add_(1)
@@ -380,7 +380,7 @@ def test_linear_gradient_accumulates_into_grad(wgrad, generator):
     # The second backward adds into weight.grad in place (weight_grad_add_ / scatter_add_).
     x, weight, bias = _linear_case(9, 6, 11, 3, generator)
     grad_out = _randn(9, 6, generator=generator)
-    with _triton(), triton_ops.force_paths("fused", wgrad):
+    with _triton(), paths.force_paths("fused", wgrad):
         for _ in range(2):
             mk.functional.majority_linear(x, weight, bias, seed=4).backward(grad_out)
     expected = _reference_linear(x, weight, bias, 4, 0, grad_out, torch.float32)
@@ -408,18 +408,20 @@ def test_path_choice(monkeypatch):
     assert triton_ops.linear_paths(thresholds.triton_fused_wgrad_max_m + 1, f32, DEVICE, 4) == ("combine", "scatter")
     # One copy: the dense layer's own GEMMs, unless forced.
     assert triton_ops.linear_paths(1, f32, DEVICE, 1) == ("combine", "scatter")
-    with triton_ops.force_paths("fused", "fused"):
+    with paths.force_paths("fused", "fused"):
         assert triton_ops.linear_paths(1, f32, DEVICE, 1) == ("fused", "fused")
     monkeypatch.setenv("MK_LINEAR_PATH", "combine")
     monkeypatch.setenv("MK_WGRAD_PATH", " Scatter ")
     assert triton_ops.linear_paths(1, f32, DEVICE, 4) == ("combine", "scatter")
-    with triton_ops.force_paths("fused"):
+    with paths.force_paths("fused"):
         assert triton_ops.linear_paths(1, f32, DEVICE, 4) == ("fused", "scatter")
+    monkeypatch.setenv("MK_LINEAR_PATH", "auto")  # the same vocabulary as the cuda backend's
+    assert triton_ops.linear_paths(1, f32, DEVICE, 4) == ("fused", "scatter")
     monkeypatch.setenv("MK_LINEAR_PATH", "cublas")
-    with pytest.raises(ValueError, match="MK_LINEAR_PATH must be one of fused, combine"):
+    with pytest.raises(ValueError, match="MK_LINEAR_PATH must be one of auto, fused, combine"):
         triton_ops.linear_paths(1, f32, DEVICE, 4)
     with pytest.raises(ValueError, match="wgrad path must be one of"):
-        with triton_ops.force_paths(wgrad="epilogue"):
+        with paths.force_paths(wgrad="epilogue"):
             pass
 
 
@@ -437,7 +439,7 @@ def test_float64_without_float64_dot_takes_the_combine_paths(monkeypatch, genera
         out = mk.functional.majority_linear(x, w, seed=7)
     assert_matches_reference(out.cpu(), F.linear(_cpu64(x), reference.combine(_cpu64(w), 7, 0)))
     for forward, wgrad in (("fused", None), (None, "fused")):
-        with _triton(), triton_ops.force_paths(forward, wgrad), pytest.raises(ValueError, match="float64 tiles"):
+        with _triton(), paths.force_paths(forward, wgrad), pytest.raises(ValueError, match="float64 tiles"):
             mk.functional.majority_linear(x, w, seed=7)
     with pytest.raises(ValueError, match="float64 tiles"):
         OPS.mixed_matmul(x, w, None, _seed(7), 0, False)
@@ -523,7 +525,7 @@ def test_layers_train_like_reference_backend(forward):
     for backend in ("triton", "reference"):
         model = _model()
         torch.manual_seed(2)
-        with mk.use_backend(backend), triton_ops.force_paths(forward):
+        with mk.use_backend(backend), paths.force_paths(forward):
             results[backend] = (sgd_losses(model, x, steps=2), [p.detach().clone() for p in model.parameters()])
     torch.testing.assert_close(results["triton"][0], results["reference"][0], rtol=1e-5, atol=1e-6)
     for a, b in zip(results["triton"][1], results["reference"][1]):
@@ -536,7 +538,7 @@ def test_compile_fullgraph_matches_eager(forward):
     x = torch.randn(4, 2, 8, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     eager_model, compiled_model = _model(), _model()
     compiled = torch.compile(compiled_model, fullgraph=True)
-    with _triton(), triton_ops.force_paths(forward):
+    with _triton(), paths.force_paths(forward):
         torch.manual_seed(3)
         eager = sgd_losses(eager_model, x, steps=2)
         torch.manual_seed(3)
@@ -681,7 +683,7 @@ def test_kernels_build_for_sm90():
 def test_gpu_half_precision_linear(dtype, forward, wgrad, generator):
     x, weight, bias = _linear_case(300, 520, 260, 4, generator)
     grad_out = _randn(300, 520, generator=generator, dtype=dtype)
-    with _triton(), triton_ops.force_paths(forward, wgrad), torch.autocast("cuda", dtype=dtype):
+    with _triton(), paths.force_paths(forward, wgrad), torch.autocast("cuda", dtype=dtype):
         out = mk.functional.majority_linear(x, weight, bias, seed=11)
     out.backward(grad_out)
     expected = _reference_linear(x.to(dtype), weight, bias.to(dtype), 11, 0, grad_out, dtype)

@@ -5,6 +5,10 @@ Without a GPU the kernel runs in Triton's interpreter (16 x 32 x 32 tiles there)
 that rows (batch x output pixels), output channels and the reduction (C_in x KH x KW) all cross their tiles.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +22,7 @@ _REASON = backends.BACKENDS["triton"].unavailable(DEVICE)
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"backend 'triton' cannot run here: {_REASON}")
 
 if _REASON is None:
-    from majority_kernels import triton_ops
+    from majority_kernels.experimental import fused_conv
     from majority_kernels.triton_kernels import conv, tiling
 
     OPS = torch.ops.majority_kernels_triton
@@ -102,7 +106,7 @@ def test_equals_combine_then_conv(generator):
     stride, padding, dilation = shape[6:]
     with mk.use_backend("triton"), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         expected = mk.functional.majority_conv2d(x, weight, b, stride, padding, dilation, seed=77, offset=3)
-    out = triton_ops.conv2d_fused_forward(x, weight, b, stride, padding, dilation, seed=77, offset=3)
+    out = fused_conv.conv2d_fused_forward(x, weight, b, stride, padding, dilation, seed=77, offset=3)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -111,7 +115,7 @@ def test_autocast_bfloat16(generator):
     shape = SHAPES[0]
     x, weight, b = _case(shape, 3, generator)
     with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-        out = triton_ops.conv2d_fused_forward(x, weight, b, padding=1, seed=21)
+        out = fused_conv.conv2d_fused_forward(x, weight, b, padding=1, seed=21)
     assert out.dtype == torch.bfloat16
     expected = _reference(x.to(torch.bfloat16), weight, b, 21, 0, 1, 1, 1)
     torch.testing.assert_close(out.cpu().double(), expected, **TOLERANCES[torch.bfloat16])
@@ -124,7 +128,7 @@ def test_empty_batch(generator):
 
 def test_no_gradient_formula(generator):
     x, weight, b = _case(SHAPES[0], 2, generator)
-    out = triton_ops.conv2d_fused_forward(x, weight.requires_grad_(), b, padding=1, seed=3)
+    out = fused_conv.conv2d_fused_forward(x, weight.requires_grad_(), b, padding=1, seed=3)
     with pytest.raises(RuntimeError, match="no autograd formula"):
         out.sum().backward()
 
@@ -165,7 +169,7 @@ def test_bad_input_names_the_problem(case):
 
 def test_public_function_checks_dtypes():
     with pytest.raises(TypeError, match="input and weight must have the same dtype"):
-        triton_ops.conv2d_fused_forward(torch.randn(1, 2, 4, 4, dtype=torch.float64, device=DEVICE),
+        fused_conv.conv2d_fused_forward(torch.randn(1, 2, 4, 4, dtype=torch.float64, device=DEVICE),
                                         torch.randn(2, 3, 2, 3, 3, device=DEVICE), seed=1)
 
 
@@ -199,10 +203,20 @@ def test_gpu_half_precision(dtype, generator):
     # Large enough for several tiles of every GPU configuration.
     x, weight, b = _case((4, 37, 70, 19, 17, 3), 4, generator)
     with torch.autocast("cuda", dtype=dtype):
-        out = triton_ops.conv2d_fused_forward(x, weight, b, padding=1, seed=11)
+        out = fused_conv.conv2d_fused_forward(x, weight, b, padding=1, seed=11)
         with mk.use_backend("triton"):
             combined = mk.functional.majority_conv2d(x, weight, b, padding=1, seed=11)
     assert out.dtype == dtype
     expected = _reference(x.to(dtype), weight, b.to(dtype), 11, 0, 1, 1, 1)
     torch.testing.assert_close(out.double().cpu(), expected, rtol=2e-2, atol=5e-2)
     torch.testing.assert_close(out, combined, rtol=2e-2, atol=5e-2)
+
+
+def test_the_prototype_registers_its_op_only_when_imported():
+    # A fresh interpreter: this suite's other tests import the prototype.
+    probe = ("import torch, majority_kernels, majority_kernels.triton_ops; "
+             "ops = torch.ops.majority_kernels_triton; before = hasattr(ops, 'mixed_conv2d'); "
+             "import majority_kernels.experimental.fused_conv; print(before, hasattr(ops, 'mixed_conv2d'))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ),
+                            check=True)
+    assert result.stdout.split() == ["False", "True"]

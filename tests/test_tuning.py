@@ -12,7 +12,7 @@ import torch
 from helpers import ROOT, assert_matches_reference
 
 import majority_kernels as mk
-from majority_kernels import backends, cli, cuda_ops, reference, tune, tuning
+from majority_kernels import backends, cli, cuda_ops, paths, reference, tune, tuning
 
 GPU = "Fake GPU 9000"
 MEASURED = tuning.Thresholds(cuda_fused_max_rows=3, triton_fused_forward_max_m=5, triton_fused_wgrad_max_m=7,
@@ -170,7 +170,7 @@ def measured(folders, on_gpu):
 
 
 def test_cuda_backend_path_choice_reads_the_table(measured, monkeypatch):
-    monkeypatch.delenv(cuda_ops.PATH_VARIABLE, raising=False)
+    monkeypatch.delenv(paths.FORWARD_VARIABLE, raising=False)
     f32 = torch.float32
     assert cuda_ops.linear_path(MEASURED.cuda_fused_max_rows, f32, f32, torch.device("cuda"), 4) == "fused"
     assert cuda_ops.linear_path(MEASURED.cuda_fused_max_rows + 1, f32, f32, torch.device("cuda"), 4) == "combine"

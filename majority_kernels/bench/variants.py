@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import functional, reference
+from .. import functional, paths, reference
 from ..backends import use_backend
 from ..layers import MK_LAYERS
 
@@ -41,9 +41,7 @@ class Variant:
         if self.backend:
             stack.enter_context(use_backend(self.backend))
         if self.paths:
-            from .. import triton_ops  # only where Triton is there: the paths are its own
-
-            stack.enter_context(triton_ops.force_paths(*self.paths))
+            stack.enter_context(paths.force_paths(*self.paths))
         return stack
 
 
@@ -172,7 +170,7 @@ def conv_forward_steps(dense: nn.Conv2d, x: Tensor, weight: Tensor, seed: Tensor
     """The forward of one convolution on x: the dense layer; the MK path per backend (combine writes W_eff in the
     compute dtype, then F.conv2d: cuDNN on a GPU); and the Triton implicit GEMM that mixes the copies `weight`
     as it loads its weight tiles (W_eff never in memory)."""
-    from .. import triton_ops  # only where Triton is there
+    from ..experimental import fused_conv  # only where Triton is there
 
     conv = dict(stride=dense.stride, padding=dense.padding, dilation=dense.dilation)
     steps = [KernelStep(DENSE, DENSE, functools.partial(dense, x))]
@@ -180,5 +178,5 @@ def conv_forward_steps(dense: nn.Conv2d, x: Tensor, weight: Tensor, seed: Tensor
                                                                  x, weight, dense.bias, **conv, seed=seed))
               for backend in options.backends]
     steps.append(KernelStep("fused[triton]", FUSED, functools.partial(
-        triton_ops.conv2d_fused_forward, x, weight, dense.bias, **conv, seed=seed)))
+        fused_conv.conv2d_fused_forward, x, weight, dense.bias, **conv, seed=seed)))
     return steps
