@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from . import _outputs as outputs
 from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
 from ._mixing_autograd import mixing_autograd
 
@@ -49,11 +50,11 @@ def _register() -> None:
 
     @torch.library.register_fake(f"{ns}::combine")
     def _combine_fake(weight, seed, offset, out_dtype=None):
-        return weight.new_empty(weight.shape[1:], dtype=out_dtype or weight.dtype)
+        return outputs.combine(weight, out_dtype)
 
     @torch.library.register_fake(f"{ns}::scatter")
     def _scatter_fake(grad, seed, offset, expansion, out_dtype=None):
-        return grad.new_empty((expansion, *grad.shape), dtype=out_dtype or grad.dtype)
+        return outputs.scatter(grad, expansion, out_dtype)
 
     @torch.library.register_fake(f"{ns}::scatter_add_")
     def _scatter_add_fake(grad_weight, grad, seed, offset):
@@ -61,7 +62,7 @@ def _register() -> None:
 
     @torch.library.register_fake(f"{ns}::mixing_weights")
     def _mixing_weights_fake(seed, offset, expansion, numel):
-        return seed.new_empty((expansion, numel), dtype=torch.float32)
+        return outputs.mixing_weights(seed, expansion, numel)
 
     ops = torch.ops.majority_kernels
     formulas = mixing_autograd(ops.combine, ops.scatter, ops.scatter_add_)
@@ -99,7 +100,7 @@ def _register_embedding() -> None:
 
     @torch.library.register_fake(f"{ns}::embedding_combine")
     def _embedding_combine_fake(weight, indices, seed, offset, out_dtype=None):
-        return weight.new_empty((*indices.shape, weight.shape[2]), dtype=out_dtype or weight.dtype)
+        return outputs.embedding_combine(weight, indices, out_dtype)
 
     @torch.library.register_fake(f"{ns}::embedding_scatter_add_")
     def _embedding_scatter_add_fake(grad_weight, grad, indices, seed, offset):

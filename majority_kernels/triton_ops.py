@@ -32,6 +32,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import _outputs as outputs
 from . import paths, tuning
 from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
 from ._mixing_autograd import mixing_autograd
@@ -82,26 +83,26 @@ def custom_op(name: str, mutates_args: tuple[str, ...] = ()):
 
 @custom_op("combine")
 def _combine(weight: Tensor, seed: Tensor, offset: int, out_dtype: Optional[torch.dtype]) -> Tensor:
-    out = weight.new_empty(weight.shape[1:], dtype=out_dtype or weight.dtype)
+    out = outputs.combine(weight, out_dtype)
     combine_kernels.combine(weight.contiguous(), seed, offset, out, tuning.for_device(out.device).combine_block)
     return out
 
 
 @_combine.register_fake
 def _(weight, seed, offset, out_dtype):
-    return weight.new_empty(weight.shape[1:], dtype=out_dtype or weight.dtype)
+    return outputs.combine(weight, out_dtype)
 
 
 @custom_op("scatter")
 def _scatter(grad: Tensor, seed: Tensor, offset: int, expansion: int, out_dtype: Optional[torch.dtype]) -> Tensor:
-    out = grad.new_empty((expansion, *grad.shape), dtype=out_dtype or grad.dtype)
+    out = outputs.scatter(grad, expansion, out_dtype)
     scatter_kernels.scatter(grad.contiguous(), seed, offset, out, False, tuning.for_device(out.device).scatter_block)
     return out
 
 
 @_scatter.register_fake
 def _(grad, seed, offset, expansion, out_dtype):
-    return grad.new_empty((expansion, *grad.shape), dtype=out_dtype or grad.dtype)
+    return outputs.scatter(grad, expansion, out_dtype)
 
 
 @custom_op("scatter_add_", mutates_args=("grad_weight",))
@@ -118,27 +119,27 @@ def _(grad_weight, grad, seed, offset):
 
 @custom_op("mixing_weights")
 def _mixing_weights(seed: Tensor, offset: int, expansion: int, numel: int) -> Tensor:
-    out = seed.new_empty((expansion, numel), dtype=torch.float32)
+    out = outputs.mixing_weights(seed, expansion, numel)
     scatter_kernels.mixing_weights(seed, offset, out, tuning.for_device(out.device).scatter_block)
     return out
 
 
 @_mixing_weights.register_fake
 def _(seed, offset, expansion, numel):
-    return seed.new_empty((expansion, numel), dtype=torch.float32)
+    return outputs.mixing_weights(seed, expansion, numel)
 
 
 @custom_op("embedding_combine")
 def _embedding_combine(weight: Tensor, indices: Tensor, seed: Tensor, offset: int,
                        out_dtype: Optional[torch.dtype]) -> Tensor:
-    out = weight.new_empty((*indices.shape, weight.shape[2]), dtype=out_dtype or weight.dtype)
+    out = outputs.embedding_combine(weight, indices, out_dtype)
     embedding_kernels.gather(weight.contiguous(), indices.contiguous().view(-1), seed, offset, out)
     return out
 
 
 @_embedding_combine.register_fake
 def _(weight, indices, seed, offset, out_dtype):
-    return weight.new_empty((*indices.shape, weight.shape[2]), dtype=out_dtype or weight.dtype)
+    return outputs.embedding_combine(weight, indices, out_dtype)
 
 
 @custom_op("embedding_scatter")
@@ -147,7 +148,7 @@ def _embedding_scatter(grad: Tensor, indices: Tensor, seed: Tensor, offset: int,
     """The table gradient [expansion, rows, dim]: P_k * grad added into the looked-up rows, in a float32 (float64)
     buffer (atomics; bfloat16 atomics are not available everywhere), then cast to out_dtype."""
     accumulator = torch.float64 if torch.float64 in (grad.dtype, out_dtype) else torch.float32
-    table = grad.new_zeros((expansion, rows, grad.shape[-1]), dtype=accumulator)
+    table = outputs.embedding_table(grad, expansion, rows, accumulator).zero_()
     embedding_kernels.scatter_add(grad.contiguous().view(-1, grad.shape[-1]), indices.contiguous().view(-1), seed,
                                   offset, table)
     return table.to(out_dtype)
@@ -155,7 +156,7 @@ def _embedding_scatter(grad: Tensor, indices: Tensor, seed: Tensor, offset: int,
 
 @_embedding_scatter.register_fake
 def _(grad, indices, seed, offset, expansion, rows, out_dtype):
-    return grad.new_empty((expansion, rows, grad.shape[-1]), dtype=out_dtype)
+    return outputs.embedding_table(grad, expansion, rows, out_dtype)
 
 
 @custom_op("embedding_scatter_add_", mutates_args=("grad_weight",))
@@ -176,7 +177,7 @@ def _mixed_matmul(a: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tenso
                   transposed: bool) -> Tensor:
     """a @ W_eff^T + bias (a [M, K] -> [M, N]), or a @ W_eff (transposed; a [M, N] -> [M, K]), for weight
     [e, N, K], in a's dtype, W_eff built inside the GEMM."""
-    out = a.new_empty((a.shape[0], weight.shape[1 + transposed]))
+    out = outputs.linear(a, weight, transposed)
     linear_kernels.mixed_matmul(a, weight.contiguous(), bias.contiguous() if bias is not None else None, seed,
                                 offset, transposed, out)
     return out
@@ -184,21 +185,21 @@ def _mixed_matmul(a: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tenso
 
 @_mixed_matmul.register_fake
 def _(a, weight, bias, seed, offset, transposed):
-    return a.new_empty((a.shape[0], weight.shape[1 + transposed]))
+    return outputs.linear(a, weight, transposed)
 
 
 @custom_op("weight_grad")
 def _weight_grad(grad_out: Tensor, input: Tensor, seed: Tensor, offset: int, expansion: int,
                  out_dtype: torch.dtype) -> Tensor:
     """Every copy's gradient P_k * (grad_out^T @ input) [expansion, N, K] from one GEMM (dW_eff never stored)."""
-    out = input.new_empty((expansion, grad_out.shape[1], input.shape[1]), dtype=out_dtype)
+    out = outputs.weight_grad(grad_out, input, expansion, out_dtype)
     weight_grad_kernels.weight_grad(grad_out, input, seed, offset, out, accumulate=False)
     return out
 
 
 @_weight_grad.register_fake
 def _(grad_out, input, seed, offset, expansion, out_dtype):
-    return input.new_empty((expansion, grad_out.shape[1], input.shape[1]), dtype=out_dtype)
+    return outputs.weight_grad(grad_out, input, expansion, out_dtype)
 
 
 @custom_op("weight_grad_add_", mutates_args=("grad_weight",))
