@@ -9,7 +9,8 @@ graph (after a first, autotuning, call outside the capture). Inputs that are not
 contiguous ones (the GEMMs take any strides for their activations); weights of every shape are flattened.
 
 Dtypes: float32, bfloat16, float16 and float64 in and out. P is drawn in float32 math, in float64 where a
-kernel reads or writes float64.
+kernel reads or writes float64. Arguments are checked once, at the public boundary (majority_kernels.functional
+through _validation); the ops here assume them checked, as the C++ kernels do (which keep cheap asserts).
 
 The mixed linear layer has two forward paths and two weight-gradient paths:
   forward "fused":   one Triton GEMM builds the W_eff tile from the copies in its weight-tile load (no W_eff in
@@ -44,7 +45,6 @@ from .triton_kernels import scatter as scatter_kernels
 from .triton_kernels import weight_grad as weight_grad_kernels
 
 NAMESPACE = "majority_kernels_triton"
-DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 def unavailable(device: torch.device) -> Optional[str]:
@@ -59,17 +59,6 @@ def unavailable(device: torch.device) -> Optional[str]:
     return f"backend 'triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), not on {device}"
 
 
-def check_dtype(dtype: torch.dtype, what: str) -> None:
-    if dtype not in DTYPES:
-        raise TypeError(f"backend 'triton' supports float32, bfloat16, float16 and float64; {what} is {dtype}")
-
-
-def _check_seed(seed: Tensor, device: torch.device) -> None:
-    if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != device:
-        raise ValueError(f"seed must be a one-element int64 tensor on {device}, got {seed.dtype} "
-                         f"{tuple(seed.shape)} on {seed.device}")
-
-
 def _check_target(grad_weight: Tensor) -> None:
     if not grad_weight.is_contiguous():
         raise ValueError("grad_weight must be contiguous (it is updated in place)")
@@ -82,62 +71,62 @@ def custom_op(name: str, mutates_args: tuple[str, ...] = ()):
 
 
 @custom_op("combine")
-def _combine(weight: Tensor, seed: Tensor, offset: int, out_dtype: Optional[torch.dtype]) -> Tensor:
+def combine(weight: Tensor, seed: Tensor, offset: int, out_dtype: Optional[torch.dtype]) -> Tensor:
     out = outputs.combine(weight, out_dtype)
     combine_kernels.combine(weight.contiguous(), seed, offset, out, tuning.for_device(out.device).combine_block)
     return out
 
 
-@_combine.register_fake
+@combine.register_fake
 def _(weight, seed, offset, out_dtype):
     return outputs.combine(weight, out_dtype)
 
 
 @custom_op("scatter")
-def _scatter(grad: Tensor, seed: Tensor, offset: int, expansion: int, out_dtype: Optional[torch.dtype]) -> Tensor:
+def scatter(grad: Tensor, seed: Tensor, offset: int, expansion: int, out_dtype: Optional[torch.dtype]) -> Tensor:
     out = outputs.scatter(grad, expansion, out_dtype)
     scatter_kernels.scatter(grad.contiguous(), seed, offset, out, False, tuning.for_device(out.device).scatter_block)
     return out
 
 
-@_scatter.register_fake
+@scatter.register_fake
 def _(grad, seed, offset, expansion, out_dtype):
     return outputs.scatter(grad, expansion, out_dtype)
 
 
 @custom_op("scatter_add_", mutates_args=("grad_weight",))
-def _scatter_add_(grad_weight: Tensor, grad: Tensor, seed: Tensor, offset: int) -> None:
+def scatter_add_(grad_weight: Tensor, grad: Tensor, seed: Tensor, offset: int) -> None:
     _check_target(grad_weight)
     scatter_kernels.scatter(grad.contiguous(), seed, offset, grad_weight, True,
                             tuning.for_device(grad_weight.device).scatter_block)
 
 
-@_scatter_add_.register_fake
+@scatter_add_.register_fake
 def _(grad_weight, grad, seed, offset):
     return None
 
 
 @custom_op("mixing_weights")
-def _mixing_weights(seed: Tensor, offset: int, expansion: int, numel: int) -> Tensor:
+def mixing_weights(seed: Tensor, offset: int, expansion: int, numel: int) -> Tensor:
     out = outputs.mixing_weights(seed, expansion, numel)
     scatter_kernels.mixing_weights(seed, offset, out, tuning.for_device(out.device).scatter_block)
     return out
 
 
-@_mixing_weights.register_fake
+@mixing_weights.register_fake
 def _(seed, offset, expansion, numel):
     return outputs.mixing_weights(seed, expansion, numel)
 
 
 @custom_op("embedding_combine")
-def _embedding_combine(weight: Tensor, indices: Tensor, seed: Tensor, offset: int,
+def embedding_combine(weight: Tensor, indices: Tensor, seed: Tensor, offset: int,
                        out_dtype: Optional[torch.dtype]) -> Tensor:
     out = outputs.embedding_combine(weight, indices, out_dtype)
     embedding_kernels.gather(weight.contiguous(), indices.contiguous().view(-1), seed, offset, out)
     return out
 
 
-@_embedding_combine.register_fake
+@embedding_combine.register_fake
 def _(weight, indices, seed, offset, out_dtype):
     return outputs.embedding_combine(weight, indices, out_dtype)
 
@@ -246,13 +235,13 @@ def _embedding_scatter_setup(ctx, inputs, output):
 
 def _embedding_scatter_backward(ctx, grad_table):
     indices, seed = ctx.saved_tensors
-    return (_embedding_combine(grad_table, indices, seed, ctx.offset, ctx.grad_dtype),
+    return (embedding_combine(grad_table, indices, seed, ctx.offset, ctx.grad_dtype),
             None, None, None, None, None, None)
 
 
-for _mixing_op, (_backward, _setup) in zip((_combine, _scatter), mixing_autograd(_combine, _scatter, _scatter_add_)):
+for _mixing_op, (_backward, _setup) in zip((combine, scatter), mixing_autograd(combine, scatter, scatter_add_)):
     _mixing_op.register_autograd(_backward, setup_context=_setup)
-_embedding_combine.register_autograd(_embedding_combine_backward, setup_context=_embedding_combine_setup)
+embedding_combine.register_autograd(_embedding_combine_backward, setup_context=_embedding_combine_setup)
 _embedding_scatter.register_autograd(_embedding_scatter_backward, setup_context=_embedding_scatter_setup)
 
 
@@ -270,7 +259,7 @@ class _MixedLinear(torch.autograd.Function):
             out = _mixed_matmul(x, weight, bias, seed, offset, False)
             ctx.save_for_backward(x, seed, weight if remembered_weight(ctx) is None else None)
         else:
-            mixed = _combine(weight, seed, offset, x.dtype)
+            mixed = combine(weight, seed, offset, x.dtype)
             out = torch.mm(x, mixed.t()) if bias is None else torch.addmm(bias, x, mixed.t())
             ctx.save_for_backward(x, seed, mixed)
         ctx.offset, ctx.fused_forward, ctx.fused_wgrad = offset, fused_forward, fused_wgrad
@@ -301,8 +290,8 @@ def _linear_weight_grad(ctx, grad_out: Tensor, x: Tensor, seed: Tensor) -> Tenso
             remembered_weight(ctx), lambda target: _weight_grad_add_(target, grad_out, x, seed, ctx.offset),
             lambda: _weight_grad(grad_out, x, seed, ctx.offset, ctx.expansion, ctx.weight_dtype))
     return copies_gradient(
-        remembered_weight(ctx), lambda target: _scatter_add_(target, torch.mm(grad_out.t(), x), seed, ctx.offset),
-        lambda: _scatter(torch.mm(grad_out.t(), x), seed, ctx.offset, ctx.expansion, ctx.weight_dtype))
+        remembered_weight(ctx), lambda target: scatter_add_(target, torch.mm(grad_out.t(), x), seed, ctx.offset),
+        lambda: scatter(torch.mm(grad_out.t(), x), seed, ctx.offset, ctx.expansion, ctx.weight_dtype))
 
 
 # ---- path choice ---------------------------------------------------------------------------------------------
@@ -322,70 +311,12 @@ def linear_paths(m: int, dtype: torch.dtype, device: torch.device, expansion: in
     return forward, wgrad
 
 
-# ---- the Backend's functions ---------------------------------------------------------------------------------
-
-def combine(weight: Tensor, seed: Tensor, offset: int, out_dtype: Optional[torch.dtype]) -> Tensor:
-    check_dtype(weight.dtype, "weight")
-    if out_dtype is not None:
-        check_dtype(out_dtype, "out_dtype")
-    _check_seed(seed, weight.device)
-    return _combine(weight, seed, offset, out_dtype)
-
-
-def scatter(grad: Tensor, seed: Tensor, offset: int, expansion: int, out_dtype: Optional[torch.dtype]) -> Tensor:
-    check_dtype(grad.dtype, "grad")
-    if out_dtype is not None:
-        check_dtype(out_dtype, "out_dtype")
-    _check_seed(seed, grad.device)
-    return _scatter(grad, seed, offset, expansion, out_dtype)
-
-
-def scatter_add_(grad_weight: Tensor, grad: Tensor, seed: Tensor, offset: int) -> None:
-    check_dtype(grad.dtype, "grad")
-    check_dtype(grad_weight.dtype, "grad_weight")
-    _check_seed(seed, grad.device)
-    if tuple(grad_weight.shape[1:]) != tuple(grad.shape) or not grad_weight.is_contiguous():
-        raise ValueError(f"grad_weight must be a contiguous [expansion, *grad.shape] tensor, got shape "
-                         f"{tuple(grad_weight.shape)} for grad {tuple(grad.shape)}")
-    _scatter_add_(grad_weight, grad, seed, offset)
-
-
-def mixing_weights(seed: Tensor, offset: int, expansion: int, numel: int) -> Tensor:
-    return _mixing_weights(seed, offset, expansion, numel)
-
-
-def _check_indices(indices: Tensor, rows: int, device: torch.device) -> None:
-    if indices.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"indices must be int64 or int32, got {indices.dtype}")
-    if indices.device != device:
-        raise ValueError(f"indices must be on the weight's device {device}, got {indices.device}")
-    # The values are checked where that costs no device sync: eager CPU tensors (the interpreter). On a GPU the
-    # kernels mask rows outside the table (zero output, no gradient) and assert under TRITON_DEBUG=1.
-    if device.type == "cpu" and indices.numel() and not torch.compiler.is_compiling():
-        low, high = int(indices.min()), int(indices.max())
-        if low < 0 or high >= rows:
-            raise IndexError(f"indices must lie in [0, {rows}) (the table's rows), got values in [{low}, {high}]")
-
-
-def embedding_combine(weight: Tensor, indices: Tensor, seed: Tensor, offset: int,
-                      out_dtype: Optional[torch.dtype]) -> Tensor:
-    check_dtype(weight.dtype, "weight")
-    if out_dtype is not None:
-        check_dtype(out_dtype, "out_dtype")
-    if weight.dim() != 3:
-        raise ValueError(f"weight must be an [expansion, rows, dim] table, got shape {tuple(weight.shape)}")
-    _check_seed(seed, weight.device)
-    _check_indices(indices, weight.shape[1], weight.device)
-    return _embedding_combine(weight, indices, seed, offset, out_dtype)
-
+# ---- the Backend's functions: the ops above, and the linear layer ---------------------------------------
 
 def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int,
            out_dtype: torch.dtype) -> Tensor:
     """The mixed linear layer y = input @ W_eff^T + bias in the compute dtype out_dtype (input and bias are cast
     to it, as autocast would), on the paths linear_paths chooses for the input's row count."""
-    check_dtype(weight.dtype, "weight")
-    check_dtype(out_dtype, "the compute dtype")
-    _check_seed(seed, weight.device)
     x = input.to(out_dtype).reshape(math.prod(input.shape[:-1]), input.shape[-1])
     forward, wgrad = linear_paths(x.shape[0], out_dtype, weight.device, weight.shape[0])
     out = _MixedLinear.apply(x, weight, None if bias is None else bias.to(out_dtype), seed, offset,

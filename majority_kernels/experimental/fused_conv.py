@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import _validation as check
 from ..triton_kernels import conv as conv_kernels
-from ..triton_ops import check_dtype, custom_op
+from ..triton_ops import custom_op
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -38,9 +38,8 @@ def conv2d_fused_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor] =
     compute dtype (the autocast dtype, else weight's), as majority_conv2d would. A backward through its output
     raises."""
     check.check_floating(input, "input")
-    check_dtype(weight.dtype, "weight")
+    check.check_floating(weight, "weight")
     dtype = check.compute_dtype(input, weight)
-    check_dtype(dtype, "the compute dtype")
     pairs = [list(conv_kernels.pair(value, name, minimum))
              for value, name, minimum in ((stride, "stride", 1), (padding, "padding", 0), (dilation, "dilation", 1))]
     return _mixed_conv2d(input.to(dtype), weight, None if bias is None else bias.to(dtype),
