@@ -1,5 +1,6 @@
-"""The `cuda` backend's linear layer: the choice between the fused small-M forward and combine + cuBLAS, and the
-fake kernel and autograd of the fused op `majority_kernels::mixed_linear` (CUDA kernel in csrc/cuda).
+"""The `cuda` backend's linear layer: the choice between the fused small-M forward (the op
+`majority_kernels::mixed_linear`: CUDA kernel in csrc/cuda, fake and autograd in majority_kernels.ops) and
+combine + cuBLAS.
 
 With few input rows, reading the e copies of W is the whole cost of the layer: `mixed_linear` reads them once,
 mixes in registers and never writes W_eff. With many rows the GEMM dominates and the fused kernel would re-run the
@@ -16,9 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _outputs as outputs
-from . import ops, paths, tuning
-from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
+from . import paths, tuning
 
 _HALF_FLOATS = (torch.bfloat16, torch.float16)
 
@@ -62,45 +61,3 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, 
         y = torch.ops.majority_kernels.mixed_linear(x.reshape(rows, in_features), weight, b, seed, offset)
         return y.view(*x.shape[:-1], out_features)
     return F.linear(x, torch.ops.majority_kernels.combine(weight, seed, offset, out_dtype), b)
-
-
-def _register() -> None:
-    name = "majority_kernels::mixed_linear"
-
-    @torch.library.register_fake(name)
-    def _fake(input, weight, bias, seed, offset):
-        return outputs.linear(input, weight)
-
-    def _setup(ctx, inputs, output):
-        input, weight, bias, seed, offset = inputs
-        # The input gradient recombines W_eff from the copies: an eager leaf weight is remembered (no saved tensor,
-        # as in the combine op's backward), any other weight saved.
-        remember_weight(ctx, weight)
-        ctx.save_for_backward(input, seed, weight if ctx.expanded_weight is None else None)
-        ctx.offset, ctx.expansion, ctx.weight_dtype = offset, weight.shape[0], weight.dtype
-        ctx.bias_dtype = bias.dtype if bias is not None else None
-
-    def _backward(ctx, grad_output):
-        input, seed, saved_weight = ctx.saved_tensors
-        remembered = remembered_weight(ctx)
-        weight = saved_weight if saved_weight is not None else remembered
-        grad_input = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            mixed = torch.ops.majority_kernels.combine(weight, seed, ctx.offset, input.dtype)
-            grad_input = grad_output @ mixed
-        if ctx.needs_input_grad[1]:
-            dense_grad = grad_output.t() @ input
-            grad_weight = copies_gradient(
-                remembered,
-                lambda target: torch.ops.majority_kernels.scatter_add_(target, dense_grad, seed, ctx.offset),
-                lambda: torch.ops.majority_kernels.scatter(dense_grad, seed, ctx.offset, ctx.expansion,
-                                                           ctx.weight_dtype))
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            grad_bias = grad_output.sum(0).to(ctx.bias_dtype)
-        return grad_input, grad_weight, grad_bias, None, None
-
-    torch.library.register_autograd(name, _backward, setup_context=_setup)
-
-
-if ops.HAS_EXTENSION:
-    _register()

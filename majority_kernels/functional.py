@@ -24,25 +24,6 @@ Seed = Union[int, Tensor]
 IntOrTuple = Union[int, Sequence[int]]
 
 
-# The per-step seed draw is an op of its own, tagged as seeded-random: inside torch.compile it stays an opaque
-# call of torch.randint in program order (not replaced by Inductor's own RNG), so compiled and eager training draw
-# the same seeds. It takes the layer's weight and input only as anchors: AOTAutograd's common-subexpression pass
-# would merge two calls with equal arguments (it spares only aten's own random ops), and (weight, input) tells
-# apart different layers, and different applications of one layer.
-_seed_library = torch.library.Library("majority_kernels", "FRAGMENT")
-_seed_library.define("draw_seed(Tensor weight, Tensor? input=None) -> Tensor",
-                     tags=(torch.Tag.nondeterministic_seeded,))
-
-
-def _draw_seed(weight: Tensor, input: Optional[Tensor] = None) -> Tensor:
-    return torch.randint(0, check.SEED_LIMIT - 1, (), dtype=torch.int64, device=weight.device)
-
-
-_seed_library.impl("draw_seed", _draw_seed, "CompositeExplicitAutograd")
-torch.library.register_fake("majority_kernels::draw_seed", lib=_seed_library)(
-    lambda weight, input=None: torch.empty((), dtype=torch.int64, device=weight.device))
-
-
 def draw_seed(weight: Tensor, input: Optional[Tensor] = None) -> Tensor:
     """A fresh seed for mixing `weight` (applied to `input`), drawn from the torch generator of weight's device,
     as an int64 tensor there: the layers' per-step seed.

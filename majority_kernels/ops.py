@@ -1,7 +1,10 @@
-"""The compiled ops (`torch.ops.majority_kernels.*`): loading the extension, fake kernels, autograd formulas.
+"""The ops of the `majority_kernels` namespace (`torch.ops.majority_kernels.*`), in one place: loading the
+extension, and each op's fake kernel and autograd formula.
 
-The schemas and the device kernels live in C++ (csrc/ops.cpp, csrc/cpu). Here they get what torch.compile and
-autograd need (combine's and scatter's formulas: majority_kernels._mixing_autograd).
+The C++ ops' schemas and device kernels live in C++ (csrc/ops.cpp, csrc/cpu, csrc/cuda); here they get what
+torch.compile and autograd need (combine's and scatter's formulas: majority_kernels._mixing_autograd), and each
+output is allocated as majority_kernels._outputs says. `draw_seed` is defined here, in Python, so that it exists
+without the extension. Their typed, checked entry points are majority_kernels.functional's.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ import importlib.util
 from typing import Optional
 
 import torch
+from torch import Tensor
 
 from . import _outputs as outputs
 from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
 from ._mixing_autograd import mixing_autograd
+from ._validation import SEED_LIMIT
 
 
 def _load_extension() -> Optional[str]:
@@ -125,6 +130,65 @@ def _register_embedding() -> None:
                                     setup_context=_embedding_combine_setup)
 
 
+def _register_mixed_linear() -> None:
+    """The CUDA-only fused small-M linear forward (csrc/cuda/mixed_linear.cu; majority_kernels.cuda_ops chooses it)."""
+    name = "majority_kernels::mixed_linear"
+
+    @torch.library.register_fake(name)
+    def _fake(input, weight, bias, seed, offset):
+        return outputs.linear(input, weight)
+
+    def _setup(ctx, inputs, output):
+        input, weight, bias, seed, offset = inputs
+        # The input gradient recombines W_eff from the copies: an eager leaf weight is remembered (no saved tensor,
+        # as in the combine op's backward), any other weight saved.
+        remember_weight(ctx, weight)
+        ctx.save_for_backward(input, seed, weight if ctx.expanded_weight is None else None)
+        ctx.offset, ctx.expansion, ctx.weight_dtype = offset, weight.shape[0], weight.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+
+    def _backward(ctx, grad_output):
+        input, seed, saved_weight = ctx.saved_tensors
+        remembered = remembered_weight(ctx)
+        weight = saved_weight if saved_weight is not None else remembered
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            mixed = torch.ops.majority_kernels.combine(weight, seed, ctx.offset, input.dtype)
+            grad_input = grad_output @ mixed
+        if ctx.needs_input_grad[1]:
+            dense_grad = grad_output.t() @ input
+            grad_weight = copies_gradient(
+                remembered,
+                lambda target: torch.ops.majority_kernels.scatter_add_(target, dense_grad, seed, ctx.offset),
+                lambda: torch.ops.majority_kernels.scatter(dense_grad, seed, ctx.offset, ctx.expansion,
+                                                           ctx.weight_dtype))
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_bias = grad_output.sum(0).to(ctx.bias_dtype)
+        return grad_input, grad_weight, grad_bias, None, None
+
+    torch.library.register_autograd(name, _backward, setup_context=_setup)
+
+
+# The per-step seed draw is an op of its own, tagged as seeded-random: inside torch.compile it stays an opaque
+# call of torch.randint in program order (not replaced by Inductor's own RNG), so compiled and eager training draw
+# the same seeds. It takes the layer's weight and input only as anchors: AOTAutograd's common-subexpression pass
+# would merge two calls with equal arguments (it spares only aten's own random ops), and (weight, input) tells
+# apart different layers, and different applications of one layer.
+_seed_library = torch.library.Library("majority_kernels", "FRAGMENT")
+_seed_library.define("draw_seed(Tensor weight, Tensor? input=None) -> Tensor",
+                     tags=(torch.Tag.nondeterministic_seeded,))
+
+
+def _draw_seed(weight: Tensor, input: Optional[Tensor] = None) -> Tensor:
+    return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64, device=weight.device)
+
+
+_seed_library.impl("draw_seed", _draw_seed, "CompositeExplicitAutograd")
+torch.library.register_fake("majority_kernels::draw_seed", lib=_seed_library)(
+    lambda weight, input=None: torch.empty((), dtype=torch.int64, device=weight.device))
+
+
 if HAS_EXTENSION:
     _register()
     _register_embedding()
+    _register_mixed_linear()
