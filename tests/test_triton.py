@@ -475,32 +475,32 @@ def test_embedding_half_precision_table(generator):
     assert_matches_reference(table.grad.cpu(), expected)
 
 
-def test_embedding_bad_index_dtype():
-    with pytest.raises(TypeError, match="indices must be int64 or int32, got torch.float32"):
-        triton_ops.embedding_combine(torch.zeros(2, 4, 3, device=DEVICE), torch.zeros(2, device=DEVICE), _seed(), 0,
-                                     None)
-
-
-@pytest.mark.skipif(DEVICE.type != "cpu", reason="CUDA indices are not range-checked eagerly (a device sync); "
-                                                 "the kernels mask them, and assert under TRITON_DEBUG=1")
-def test_embedding_indices_out_of_range():
-    table = torch.zeros(2, 4, 3)
-    with pytest.raises(IndexError, match=r"indices must lie in \[0, 4\).*\[-1, 2\]"):
-        triton_ops.embedding_combine(table, torch.tensor([2, -1]), _seed(), 0, None)
-    with pytest.raises(IndexError, match=r"\[0, 4\)"):
-        triton_ops.embedding_combine(table, torch.tensor([4]), _seed(), 0, None)
+def test_embedding_bad_indices_are_refused_at_the_boundary():
+    # Checked once, by majority_embedding (majority_kernels._validation), for the Triton backend as for the others.
+    table = torch.zeros(2, 4, 3, device=DEVICE)
+    with _triton(), pytest.raises(TypeError, match="input must hold int64 or int32 indices, got torch.float32"):
+        mk.functional.majority_embedding(torch.zeros(2, device=DEVICE), table, seed=0)
+    if DEVICE.type == "cpu":  # CUDA indices: a device-side assert, no host sync
+        for bad in ([2, -1], [4]):
+            with _triton(), pytest.raises(IndexError, match="out of range for an embedding table of 4 rows"):
+                mk.functional.majority_embedding(torch.tensor(bad, device=DEVICE), table, seed=0)
 
 
 # ---- bad input, availability ---------------------------------------------------------------------------------
 
 def test_bad_input_names_the_problem():
     weight = torch.zeros(2, 3, device=DEVICE)
-    with pytest.raises(TypeError, match="backend 'triton' supports .*; out_dtype is torch.float8_e4m3fn"):
-        triton_ops.combine(weight, _seed(), 0, torch.float8_e4m3fn)
-    with pytest.raises(ValueError, match="seed must be a one-element int64 tensor"):
-        triton_ops.combine(weight, torch.tensor(1, dtype=torch.int32, device=DEVICE), 0, None)
-    with pytest.raises(ValueError, match="grad_weight must be a contiguous"):
-        triton_ops.scatter_add_(torch.zeros(2, 3, 4, device=DEVICE), torch.zeros(3, device=DEVICE), _seed(), 0)
+    with _triton():
+        with pytest.raises(TypeError, match="out_dtype must be a torch.dtype out of .*float8_e4m3fn"):
+            mk.functional.combine(weight, 0, out_dtype=torch.float8_e4m3fn)
+        with pytest.raises(TypeError, match="seed tensor must hold one int64 value"):
+            mk.functional.combine(weight, torch.tensor(1, dtype=torch.int32, device=DEVICE))
+        with pytest.raises(ValueError, match="accumulate_into must have shape"):
+            mk.functional.scatter(torch.zeros(3, device=DEVICE), 0, 0, 2,
+                                  accumulate_into=torch.zeros(2, 3, 4, device=DEVICE))
+    with pytest.raises(ValueError, match="grad_weight must be contiguous"):  # the in-place op's own assert
+        triton_ops.scatter_add_(torch.zeros(3, 2, 4, device=DEVICE).transpose(1, 2), torch.zeros(4, 2, device=DEVICE),
+                                torch.tensor(0, device=DEVICE), 0)
 
 
 def test_unavailable_explains(monkeypatch):
