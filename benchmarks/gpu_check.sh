@@ -8,9 +8,9 @@
 # Time budget per step, in seconds. ESTIMATES, not measurements: every run records what each step took in
 # <gpu>-<part>-steps.json, and the budgets should follow those records.
 #   quick  build         90   the CUDA kernels for this GPU's architecture only, MAX_JOBS = every core
-#          kernel-tests  50   pytest -m gpu on tests/test_cuda.py and tests/test_triton.py: combine, scatter, mixing
-#                             weights against the float64 reference, identical uniforms across backends, the fused
-#                             linear paths (pytest-xdist workers where it is installed; compile, gradcheck and CUDA
+#          kernel-tests  50   pytest -m gpu on tests/test_conformance.py, test_cuda.py and test_triton.py: combine,
+#                             scatter, mixing weights, layers and embeddings of both GPU backends against the float64
+#                             reference, identical uniforms across backends, the fused linear paths (pytest-xdist workers where it is installed; compile, gradcheck and CUDA
 #                             graph tests are left to full's suite)
 #          bench         65   majority-kernels bench, M = 8192, N = K = 4096, e = 4, bf16 autocast, float32 master
 #                             weights: dense, naive eager, naive compiled, the cuda and triton backends (and the
@@ -106,7 +106,7 @@ workers=()
 "$python" -c 'import xdist' 2>/dev/null && workers=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))")
 pytest=("$python" -m pytest -q -p no:cacheprovider)
 # quick's kernel tests: the gpu tests of these files but the slow-starting ones, which full's suite runs.
-export KERNEL_FILES="tests/test_cuda.py tests/test_triton.py" SLOW_GPU="(compiled or gradcheck or graph)"
+export KERNEL_FILES="tests/test_conformance.py tests/test_cuda.py tests/test_triton.py" SLOW_GPU="(compiled or gradcheck or graph)"
 
 if [[ $part == quick ]]; then
   # torch.compile, gradcheck and CUDA-graph tests are slow to start: they run with the rest of the suite in full.

@@ -147,17 +147,21 @@ def markdown(table: list, expansion: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(text: str, output: str | None) -> None:
+    """The Markdown report into `output`, or onto standard output without one."""
+    if output:
+        with open(output, "w") as file:
+            file.write(text)
+    else:
+        print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--expansion", type=int, default=4)
     parser.add_argument("--output", help="Markdown file to write (default: standard output)")
     args = parser.parse_args()
-    text = markdown(rows(args.expansion), args.expansion)
-    if args.output:
-        with open(args.output, "w") as file:
-            file.write(text)
-    else:
-        print(text)
+    write_report(markdown(rows(args.expansion), args.expansion), args.output)
 
 
 if __name__ == "__main__":

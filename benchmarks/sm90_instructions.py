@@ -31,7 +31,7 @@ from majority_kernels import reference, tuning
 from majority_kernels.triton_kernels import combine, linear, scatter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sm90_builds import build, linear_constants, linear_signature  # noqa: E402
+from sm90_builds import build, linear_constants, linear_signature, write_report  # noqa: E402
 
 EXPANSIONS = (2, 4, 8, 16)
 # The default elements per program (the tuned value of a GPU may differ; per element, the draw costs the same).
@@ -151,12 +151,7 @@ def main() -> None:
     parser.add_argument("--cuda-library", help="an extension library built with the CUDA kernels to count "
                         "(default: the installed one, if it has them)")
     args = parser.parse_args()
-    text = markdown(triton_rows() + cuda_rows(args.cuda_library or installed_cuda_library()))
-    if args.output:
-        with open(args.output, "w") as file:
-            file.write(text)
-    else:
-        print(text)
+    write_report(markdown(triton_rows() + cuda_rows(args.cuda_library or installed_cuda_library())), args.output)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Shared helpers of the test suite."""
 
 import ctypes
+import functools
+import math
 import os
 import pathlib
 import shutil
@@ -21,6 +23,12 @@ FAST_CPU_BACKENDS = [name for name in CPU_BACKENDS if name != "reference"]
 EXPANSIONS = [1, 2, 3, 4, 5, 8, 9, 11]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# The device of the Triton backend's own tests: the GPU, else CPU tensors under Triton's interpreter.
+TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TRITON_UNAVAILABLE = backends.BACKENDS["triton"].unavailable(TRITON_DEVICE)
+needs_triton = pytest.mark.skipif(TRITON_UNAVAILABLE is not None,
+                                  reason=f"backend 'triton' cannot run here: {TRITON_UNAVAILABLE}")
 
 
 def host_library(source: str, folder: pathlib.Path) -> ctypes.CDLL:
@@ -68,8 +76,54 @@ def sgd_losses(model: torch.nn.Module, x: torch.Tensor, steps: int) -> torch.Ten
     return torch.stack(losses)
 
 
+def assert_compiled_training_matches_eager(make_model, x: torch.Tensor, steps: int) -> None:
+    """torch.compile(fullgraph=True) of a fresh make_model() trains as eagerly: the same losses and parameters
+    after `steps` SGD steps, the per-step seeds drawn from the same torch RNG state."""
+    torch._dynamo.reset()
+    eager_model, compiled_model = make_model(), make_model()
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    torch.manual_seed(1)
+    eager = sgd_losses(eager_model, x, steps)
+    torch.manual_seed(1)
+    traced = sgd_losses(compiled, x, steps)
+    torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-6)
+    for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def random_seed(generator: torch.Generator) -> int:
+    """A seed over the whole range the layers draw from (below 2^63)."""
     return int(torch.randint(0, 2**62, (), generator=generator)) * 2 + int(torch.randint(0, 2, (), generator=generator))
+
+
+def random_offset(generator: torch.Generator) -> int:
+    """An element offset up to 2^40, or, one time in two, within a few counters of the 2^64 wrap."""
+    offset = int(torch.randint(0, 2**40, (), generator=generator))
+    return offset if offset % 2 else 2**64 - 1 - offset % 1000
+
+
+def randn(*shape: int, generator: torch.Generator, dtype: torch.dtype = torch.float32, device="cpu",
+          misaligned: bool = False) -> torch.Tensor:
+    """Standard normal values drawn in float64 on the CPU (the same values whatever the dtype and device), then
+    cast and moved; `misaligned`: a view that starts one element into its storage."""
+    count = math.prod(shape)
+    flat = torch.randn(count + 1, dtype=torch.float64, generator=generator).to(device=device, dtype=dtype)
+    return (flat[1:] if misaligned else flat[:count]).view(shape)
+
+
+def seed_tensor(value: int = 12345, device="cpu") -> torch.Tensor:
+    """A seed as the ops take it: a 0-d int64 tensor on the data's device."""
+    return torch.tensor(value, dtype=torch.int64, device=device)
+
+
+# randn and seed_tensor on the Triton tests' device.
+triton_randn = functools.partial(randn, device=TRITON_DEVICE)
+triton_seed = functools.partial(seed_tensor, device=TRITON_DEVICE)
+
+
+def cpu64(tensor: torch.Tensor) -> torch.Tensor:
+    """A float64 copy on the CPU (a copy even where the tensor is one already: it stays as it was)."""
+    return tensor.detach().to("cpu", torch.float64, copy=True)
 
 
 def assert_matches_reference(actual: torch.Tensor, expected: torch.Tensor, *inputs_dtypes: torch.dtype) -> None:

@@ -1,15 +1,17 @@
 """The CUDA C++ backend (csrc/cuda, majority_kernels/cuda_ops.py) and the GPU build (setup.py).
 
-The `gpu` tests run the kernels against the float64 reference: odd sizes, sizes that are not a multiple of the
-16-byte vector width, misaligned pointers (views that start one element into their storage), e = 1..8 and 11
-(e > 4: more than one Philox group, a two-pass scatter), all dtypes; the fused small-M forward against the combine
-path; CUDA graph capture and replay of a training step. The other tests run anywhere: the build helpers of
+What every backend must do (combine, scatter, the mixing weights, the layers and embeddings against the float64
+reference, misaligned views, every dtype and expansion) is tests/test_conformance.py's, whose `gpu` pairs run this
+backend there. The `gpu` tests here are this backend's own: bit-identical uniforms, the seed read on the device,
+opcheck of its ops, the C++ checks, the fused small-M forward against the float64 reference and the combine path,
+CUDA graph capture and replay of a training step. The other tests run anywhere: the build helpers of
 setup.py, the combine and scatter kernels' per-pack bodies built for the CPU (tests/cuda_pack_host.cpp), the linear
 path choice, the fused op's fake kernel, and, in a CUDA build, that every op has its kernel.
 """
 
 import ctypes
 import dataclasses
+import functools
 import importlib.util
 import math
 import os
@@ -18,44 +20,36 @@ import stat
 
 import pytest
 import torch
-from helpers import ROOT, TOLERANCES, assert_gemm_matches_reference, assert_matches_reference, host_library, random_seed
+from helpers import (
+    ROOT,
+    TOLERANCES,
+    assert_gemm_matches_reference,
+    assert_matches_reference,
+    cpu64,
+    host_library,
+    randn,
+    random_offset,
+    random_seed,
+    seed_tensor,
+)
 
 import majority_kernels as mk
 from majority_kernels import backends, cuda_ops, ops, paths, reference, tuning
 
 OPS = torch.ops.majority_kernels if ops.HAS_EXTENSION else None
-DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+DEVICE = "cuda"
+
+# The shared helpers' random values and seeds, on this file's device.
+device_randn = functools.partial(randn, device=DEVICE)
+device_seed = functools.partial(seed_tensor, device=DEVICE)
 # 1..4: one Philox group of draws in registers; from 5 on, several groups and a two-pass scatter.
 GPU_EXPANSIONS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 16]
-# 1, primes, around the 16-byte packs (4 float32 / 8 half floats), and one spanning many blocks.
-SHAPES = [(1,), (3,), (8,), (13, 17), (4, 33), (263, 1031)]
 OP_NAMES = ["combine", "scatter", "scatter_add_", "mixing_weights", "embedding_combine", "embedding_scatter_add_",
             "mixed_linear"]
 
 _CUDA_REASON = backends.BACKENDS["cuda"].unavailable(torch.device("cuda"))
 needs_cuda_kernels = pytest.mark.skipif(_CUDA_REASON is not None, reason=f"backend 'cuda': {_CUDA_REASON}")
 needs_extension = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="the C++ extension is not built")
-
-
-def _randn(*shape, generator, dtype=torch.float32, misaligned=False):
-    """Random values on the GPU; `misaligned`: a view starting one element into its storage."""
-    count = math.prod(shape)
-    flat = torch.randn(count + 1, dtype=torch.float64, generator=generator).to(device="cuda", dtype=dtype)
-    return (flat[1:] if misaligned else flat[:count]).view(shape)
-
-
-def _seed(value):
-    return torch.tensor(value, dtype=torch.int64, device="cuda")
-
-
-def _cpu64(tensor):
-    return tensor.detach().to("cpu", torch.float64)
-
-
-def _offset(generator):
-    # Up to 2^40, and sometimes within a few counters of 2^64 (the wrap).
-    offset = int(torch.randint(0, 2**40, (), generator=generator))
-    return offset if offset % 2 else 2**64 - 1 - offset % 1000
 
 
 # ---- build and backend glue (no GPU needed) ---------------------------------------------------------------------
@@ -126,7 +120,7 @@ def _vector_ok(tensors, numel, expansion, lanes):
 @pytest.mark.parametrize("expansion", [1, 2, 3, 4, 5, 8, 9, 11, 16])
 def test_pack_bodies_match_reference(pack_host, expansion, dtype, numel, misaligned, generator):
     lanes = 16 // dtype.itemsize
-    seed, offset = random_seed(generator), _offset(generator)
+    seed, offset = random_seed(generator), random_offset(generator)
 
     def tensor(*shape):
         flat = torch.randn(math.prod(shape) + 1, dtype=torch.float64, generator=generator).to(dtype)
@@ -238,89 +232,7 @@ def test_gpu_machine_has_the_cuda_kernels():
     assert ops.HAS_CUDA_KERNELS, f"a GPU is there but backend 'cuda' is not: {_CUDA_REASON}"
 
 
-# ---- combine / scatter / mixing weights ------------------------------------------------------------------------
-
-@pytest.mark.gpu
-@needs_cuda_kernels
-@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("expansion", GPU_EXPANSIONS)
-def test_combine(expansion, shape, misaligned, generator):
-    weight = _randn(expansion, *shape, generator=generator, misaligned=misaligned)
-    seed, offset = random_seed(generator), _offset(generator)
-    with mk.use_backend("cuda"):
-        actual = mk.functional.combine(weight, seed, offset)
-    assert actual.shape == shape and actual.dtype == torch.float32
-    assert_matches_reference(actual.cpu(), reference.combine(_cpu64(weight), seed, offset))
-
-
-@pytest.mark.gpu
-@needs_cuda_kernels
-@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
-@pytest.mark.parametrize("out_dtype", [None, *DTYPES])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_combine_dtypes(dtype, out_dtype, misaligned, generator):
-    weight = _randn(3, 37, 19, generator=generator, dtype=dtype, misaligned=misaligned)
-    seed = random_seed(generator)
-    with mk.use_backend("cuda"):
-        actual = mk.functional.combine(weight, seed, 7, out_dtype=out_dtype)
-    assert actual.dtype == (out_dtype or dtype)
-    assert_matches_reference(actual.cpu(), reference.combine(_cpu64(weight), seed, 7), dtype)
-
-
-@pytest.mark.gpu
-@needs_cuda_kernels
-def test_combine_non_contiguous(generator):
-    weight = _randn(4, 24, 10, generator=generator).transpose(1, 2)
-    with mk.use_backend("cuda"):
-        actual = mk.functional.combine(weight, 3, 11)
-    assert_matches_reference(actual.cpu(), reference.combine(_cpu64(weight), 3, 11))
-
-
-@pytest.mark.gpu
-@needs_cuda_kernels
-@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("expansion", GPU_EXPANSIONS)
-def test_scatter(expansion, shape, misaligned, generator):
-    grad = _randn(*shape, generator=generator, misaligned=misaligned)
-    seed, offset = random_seed(generator), _offset(generator)
-    with mk.use_backend("cuda"):
-        actual = mk.functional.scatter(grad, seed, offset, expansion)
-    assert actual.shape == (expansion, *shape) and actual.dtype == torch.float32
-    assert_matches_reference(actual.cpu(), reference.scatter(_cpu64(grad), seed, offset, expansion))
-
-
-@pytest.mark.gpu
-@needs_cuda_kernels
-@pytest.mark.parametrize("out_dtype", [None, *DTYPES])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_scatter_dtypes(dtype, out_dtype, generator):
-    grad = _randn(37, 19, generator=generator, dtype=dtype, misaligned=True)
-    seed = random_seed(generator)
-    with mk.use_backend("cuda"):
-        actual = mk.functional.scatter(grad, seed, 5, 3, out_dtype=out_dtype)
-    assert actual.dtype == (out_dtype or dtype)
-    assert_matches_reference(actual.cpu(), reference.scatter(_cpu64(grad), seed, 5, 3), dtype)
-
-
-@pytest.mark.gpu
-@needs_cuda_kernels
-@pytest.mark.parametrize("grad_dtype", DTYPES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("expansion", [1, 3, 4, 8, 11])
-def test_scatter_accumulates_in_place(expansion, dtype, grad_dtype, generator):
-    shape = (29, 33)
-    grad = _randn(*shape, generator=generator, dtype=grad_dtype)
-    existing = _randn(expansion, *shape, generator=generator, dtype=dtype, misaligned=expansion == 3)
-    before = _cpu64(existing)
-    seed = random_seed(generator)
-    with mk.use_backend("cuda"):
-        result = mk.functional.scatter(grad, seed, 9, expansion, accumulate_into=existing)
-    assert result is existing
-    expected = before + reference.scatter(_cpu64(grad), seed, 9, expansion)
-    assert_matches_reference(existing.cpu(), expected, grad_dtype)
-
+# ---- the kernels on the GPU: bit-identical uniforms, the seed read on the device, registration, bad input ------
 
 @pytest.mark.gpu
 @needs_cuda_kernels
@@ -339,41 +251,13 @@ def test_uniforms_identical_to_the_reference(expansion, generator):
 
 @pytest.mark.gpu
 @needs_cuda_kernels
-@pytest.mark.parametrize("expansion", [1, 2, 4, 5, 8])
-def test_mixing_weights_match_other_backends(expansion, generator):
-    seed, offset, numel = random_seed(generator), _offset(generator), 3001
-    with mk.use_backend("cuda"):
-        p = mk.functional.mixing_weights(expansion, numel, seed, offset, device="cuda").cpu()
-    assert p.dtype == torch.float32
-    torch.testing.assert_close(p.double(), reference.mixing_weights(expansion, numel, seed, offset),
-                               rtol=1e-5, atol=1e-7)
-    for name, device in (("cpu", "cpu"), ("triton", "cuda")):
-        if name not in mk.available_backends(device):
-            continue
-        with mk.use_backend(name):
-            other = mk.functional.mixing_weights(expansion, numel, seed, offset, device=device).cpu()
-        torch.testing.assert_close(p, other, rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.gpu
-@needs_cuda_kernels
-def test_mixing_weights_match_vectors(rng_vectors):
-    with mk.use_backend("cuda"):
-        for case in rng_vectors["mixing"]:
-            p = mk.functional.mixing_weights(case["e"], case["n"], case["seed"], case["offset"], device="cuda",
-                                             dtype=torch.float64)
-            torch.testing.assert_close(p.cpu(), torch.tensor(case["P"], dtype=torch.float64), rtol=0, atol=1e-6)
-
-
-@pytest.mark.gpu
-@needs_cuda_kernels
 def test_seed_read_from_the_device_tensor(generator):
-    weight = _randn(4, 100, generator=generator)
-    seed = _seed(5)
+    weight = device_randn(4, 100, generator=generator)
+    seed = device_seed(5)
     first = OPS.combine(weight, seed, 0)
     seed.fill_(6)  # the kernel reads the new value: nothing was copied to the host at the first call
     second = OPS.combine(weight, seed, 0)
-    assert_matches_reference(second.cpu(), reference.combine(_cpu64(weight), 6, 0))
+    assert_matches_reference(second.cpu(), reference.combine(cpu64(weight), 6, 0))
     assert not torch.equal(first, second)
 
 
@@ -386,7 +270,7 @@ def test_op_registration():
     indices = torch.tensor([[1, 8], [1, 0]], device="cuda")
     x = torch.randn(4, 6, device="cuda", dtype=torch.float64, requires_grad=True)
     bias = torch.randn(5, device="cuda", dtype=torch.float64, requires_grad=True)
-    seed = _seed(77)
+    seed = device_seed(77)
     torch.library.opcheck(OPS.combine.default, (weight, seed, 3))
     torch.library.opcheck(OPS.scatter.default, (grad, seed, 3, 4))
     torch.library.opcheck(OPS.scatter_add_.default, (weight.detach().clone(), grad, seed, 3))
@@ -405,72 +289,28 @@ def test_bad_input_errors():
     with pytest.raises(RuntimeError, match="seed must be a one-element int64 tensor"):
         OPS.combine(weight, torch.tensor([1, 2], device="cuda"), 0)
     with pytest.raises(RuntimeError, match="out_dtype must be float32"):
-        OPS.combine(weight, _seed(1), 0, torch.int32)
+        OPS.combine(weight, device_seed(1), 0, torch.int32)
     with pytest.raises(RuntimeError, match="grad_weight must have shape"):
-        OPS.scatter_add_(torch.zeros(3, 4, 6, device="cuda"), torch.zeros(4, 5, device="cuda"), _seed(1), 0)
+        OPS.scatter_add_(torch.zeros(3, 4, 6, device="cuda"), torch.zeros(4, 5, device="cuda"), device_seed(1), 0)
     with pytest.raises(RuntimeError, match="grad_weight must be contiguous"):
         OPS.scatter_add_(torch.zeros(3, 5, 4, device="cuda").transpose(1, 2), torch.zeros(4, 5, device="cuda"),
-                         _seed(1), 0)
+                         device_seed(1), 0)
     with pytest.raises(RuntimeError, match="weight must be a CUDA tensor"):
-        OPS.mixed_linear(torch.zeros(2, 5, device="cuda"), weight.cpu(), None, _seed(1), 0)
+        OPS.mixed_linear(torch.zeros(2, 5, device="cuda"), weight.cpu(), None, device_seed(1), 0)
     with pytest.raises(RuntimeError, match="input must have shape"):
-        OPS.mixed_linear(torch.zeros(2, 6, device="cuda"), weight, None, _seed(1), 0)
+        OPS.mixed_linear(torch.zeros(2, 6, device="cuda"), weight, None, device_seed(1), 0)
     with pytest.raises(RuntimeError, match="weight and input must have the same dtype"):
-        OPS.mixed_linear(torch.zeros(2, 5, device="cuda", dtype=torch.float64), weight, None, _seed(1), 0)
+        OPS.mixed_linear(torch.zeros(2, 5, device="cuda", dtype=torch.float64), weight, None, device_seed(1), 0)
     with pytest.raises(RuntimeError, match="indices must be int64 or int32"):
-        OPS.embedding_combine(weight, torch.zeros(2, device="cuda"), _seed(1), 0)
-
-
-# ---- embedding -------------------------------------------------------------------------------------------------
-
-# (rows, dim, indices shape): dims around the 16-byte packs, repeated rows, 0-d and 3-d indices.
-TABLES = [(1, 1, ()), (7, 3, (5,)), (13, 8, (2, 3)), (5, 33, (40,)), (31, 64, (3, 2, 2))]
-
-
-@pytest.mark.gpu
-@needs_cuda_kernels
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("expansion", [1, 4, 11])
-@pytest.mark.parametrize("table", TABLES, ids=str)
-def test_embedding(table, expansion, dtype, generator):
-    index_dtype = torch.int32 if expansion == 4 else torch.int64
-    rows, dim, shape = table
-    weight = _randn(expansion, rows, dim, generator=generator, dtype=dtype, misaligned=dim % 2 == 1)
-    indices = torch.randint(0, rows, shape, generator=generator).to(device="cuda", dtype=index_dtype)
-    seed, offset = random_seed(generator), _offset(generator)
-    looked_up = OPS.embedding_combine(weight, indices, _seed(seed), offset - 2**64 if offset >= 2**63 else offset)
-    assert looked_up.shape == (*shape, dim) and looked_up.dtype == dtype
-    assert_matches_reference(looked_up.cpu(), reference.embedding_combine(_cpu64(weight), indices.cpu(), seed, offset))
-
-    grad = _randn(*shape, dim, generator=generator, dtype=dtype)
-    grad_weight = _randn(expansion, rows, dim, generator=generator, dtype=dtype)
-    before = _cpu64(grad_weight)
-    OPS.embedding_scatter_add_(grad_weight, grad, indices, _seed(seed), offset - 2**64 if offset >= 2**63 else offset)
-    expected = before + reference.embedding_scatter(_cpu64(grad), indices.cpu(), seed, offset, expansion, rows)
-    # The atomics round in the table's dtype once per lookup: up to one ulp of the largest value per repeat.
-    repeats = int(torch.bincount(indices.reshape(-1).long().cpu(), minlength=rows).max())
-    atol = TOLERANCES[dtype]["atol"] + repeats * torch.finfo(dtype).eps * float(expected.abs().max())
-    torch.testing.assert_close(_cpu64(grad_weight), expected, rtol=TOLERANCES[dtype]["rtol"], atol=atol)
-
-
-@pytest.mark.gpu
-@needs_cuda_kernels
-@pytest.mark.parametrize("out_dtype", DTYPES)
-def test_embedding_out_dtype(out_dtype, generator):
-    weight = _randn(4, 10, 12, generator=generator, dtype=torch.bfloat16)
-    indices = torch.tensor([3, 3, 9], device="cuda")
-    actual = OPS.embedding_combine(weight, indices, _seed(8), 2, out_dtype)
-    assert actual.dtype == out_dtype
-    assert_matches_reference(actual.cpu(), reference.embedding_combine(_cpu64(weight), indices.cpu(), 8, 2),
-                             torch.bfloat16)
+        OPS.embedding_combine(weight, torch.zeros(2, device="cuda"), device_seed(1), 0)
 
 
 # ---- the fused small-M forward ---------------------------------------------------------------------------------
 
 def _linear_reference(x, weight, bias, seed, offset):
-    mixed = reference.combine(_cpu64(weight), seed, offset)
-    out = _cpu64(x) @ mixed.T
-    return out if bias is None else out + _cpu64(bias)
+    mixed = reference.combine(cpu64(weight), seed, offset)
+    out = cpu64(x) @ mixed.T
+    return out if bias is None else out + cpu64(bias)
 
 
 # (weight dtype, compute dtype): the pairs the fused kernel is built for.
@@ -486,13 +326,13 @@ LINEAR_DTYPES = [(torch.float32, torch.float32), (torch.float32, torch.bfloat16)
 @pytest.mark.parametrize("expansion", [1, 5, 11])
 def test_fused_linear_matches_reference(expansion, rows, out_features, in_features, dtypes, generator):
     weight_dtype, dtype = dtypes
-    weight = _randn(expansion, out_features, in_features, generator=generator, dtype=weight_dtype,
+    weight = device_randn(expansion, out_features, in_features, generator=generator, dtype=weight_dtype,
                     misaligned=expansion == 5)
-    x = _randn(rows, in_features, generator=generator, dtype=dtype, misaligned=rows == 3)
-    bias = _randn(out_features, generator=generator, dtype=dtype) if rows != 17 else None
-    seed, offset = random_seed(generator), _offset(generator)
+    x = device_randn(rows, in_features, generator=generator, dtype=dtype, misaligned=rows == 3)
+    bias = device_randn(out_features, generator=generator, dtype=dtype) if rows != 17 else None
+    seed, offset = random_seed(generator), random_offset(generator)
     signed = offset - 2**64 if offset >= 2**63 else offset
-    actual = OPS.mixed_linear(x, weight, bias, _seed(seed), signed)
+    actual = OPS.mixed_linear(x, weight, bias, device_seed(seed), signed)
     assert actual.shape == (rows, out_features) and actual.dtype == dtype
     assert_gemm_matches_reference(actual.cpu(), _linear_reference(x, weight, bias, seed, offset))
 
@@ -503,7 +343,7 @@ def test_fused_linear_matches_reference(expansion, rows, out_features, in_featur
 @pytest.mark.parametrize("rows", [1, 8, 16])
 def test_fused_and_combine_paths_agree(rows, autocast, monkeypatch, generator):
     layer = mk.MKLinear(96, 40, expansion=4, init="independent", device="cuda")
-    x = _randn(2, rows, 96, generator=generator)
+    x = device_randn(2, rows, 96, generator=generator)
     results = {}
     for path in ("fused", "combine"):
         monkeypatch.setenv(paths.FORWARD_VARIABLE, path)
@@ -525,7 +365,7 @@ def test_fused_linear_gradcheck():
     weight = torch.randn(3, 4, 6, device="cuda", dtype=torch.float64, requires_grad=True)
     x = torch.randn(5, 6, device="cuda", dtype=torch.float64, requires_grad=True)
     bias = torch.randn(4, device="cuda", dtype=torch.float64, requires_grad=True)
-    seed = _seed(21)
+    seed = device_seed(21)
     assert torch.autograd.gradcheck(lambda *a: OPS.mixed_linear(*a, seed, 3), (x, weight, bias))
     assert torch.autograd.gradgradcheck(lambda *a: OPS.mixed_linear(*a, seed, 3), (x, weight, bias))
 
@@ -534,9 +374,9 @@ def test_fused_linear_gradcheck():
 @needs_cuda_kernels
 @pytest.mark.parametrize("rows", [4, 64])
 def test_compiled_linear(rows, generator):
-    weight = _randn(4, 32, 48, generator=generator)
-    x = _randn(rows, 48, generator=generator)
-    seed = _seed(99)
+    weight = device_randn(4, 32, 48, generator=generator)
+    x = device_randn(rows, 48, generator=generator)
+    seed = device_seed(99)
     with mk.use_backend("cuda"):
         eager = mk.functional.majority_linear(x, weight, seed=seed, offset=5)
         compiled = torch.compile(lambda a, w: mk.functional.majority_linear(a, w, seed=seed, offset=5),
@@ -552,7 +392,7 @@ def test_compiled_linear(rows, generator):
 def test_cuda_graph_training_step(rows, generator):
     torch.manual_seed(0)
     layer = mk.MKLinear(64, 32, expansion=4, init="independent", device="cuda")
-    x = _randn(rows, 64, generator=generator)
+    x = device_randn(rows, 64, generator=generator)
 
     def step():
         out = layer(x)

@@ -12,7 +12,6 @@ from helpers import (
     EXPANSIONS,
     FAST_CPU_BACKENDS,
     TOLERANCES,
-    ParameterSizedAllocations,
     assert_matches_reference,
     random_seed,
 )
@@ -72,33 +71,7 @@ def test_reference_rows_equal_full_table_combine(case, expansion, generator):
     torch.testing.assert_close(actual, expected, **F64)
 
 
-# ---------------------------------------------------------------------------------------- CPU kernels vs reference
-
-
-@needs_extension
-@pytest.mark.parametrize("expansion", EXPANSIONS)
-@pytest.mark.parametrize("case", TABLE_CASES, ids=TABLE_IDS)
-@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
-def test_kernel_combine_matches_reference(case, expansion, index_dtype, generator):
-    rows, dim, shape = case
-    weight = random_table(expansion, rows, dim, generator)
-    indices = random_indices(rows, shape, generator, index_dtype)
-    seed, offset = seed_and_offset(generator)
-    out = OPS.embedding_combine(weight, indices, seed, offset, None)
-    assert out.shape == (*shape, dim) and out.dtype == torch.float64
-    assert_matches_reference(out, reference.embedding_combine(weight, indices, seed, offset))
-
-
-@needs_extension
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("out_dtype", [None, *FLOAT_DTYPES])
-def test_kernel_combine_dtypes(dtype, out_dtype, generator):
-    weight = random_table(4, 11, 200, generator, dtype)
-    indices = random_indices(11, (3, 5), generator)
-    seed, offset = seed_and_offset(generator)
-    out = OPS.embedding_combine(weight, indices, seed, offset, out_dtype)
-    assert out.dtype == (out_dtype or dtype)
-    assert_matches_reference(out, reference.embedding_combine(weight.double(), indices, seed, offset), dtype)
+# ------------------------------------------------------------------- the CPU kernels: counter wrap, repeated rows
 
 
 @needs_extension
@@ -112,37 +85,6 @@ def test_kernel_combine_non_contiguous_inputs_and_counter_wrap(generator):
 
 
 @needs_extension
-@pytest.mark.parametrize("expansion", EXPANSIONS)
-@pytest.mark.parametrize("case", TABLE_CASES, ids=TABLE_IDS)
-def test_kernel_scatter_add_matches_reference(case, expansion, generator):
-    rows, dim, shape = case
-    indices = random_indices(rows, shape, generator, torch.int32)
-    grad = torch.randn(*shape, dim, generator=generator, dtype=torch.float64)
-    seed, offset = seed_and_offset(generator)
-    start = random_table(expansion, rows, dim, generator)
-    grad_weight = start.clone()
-    OPS.embedding_scatter_add_(grad_weight, grad, indices, seed, offset)
-    expected = start + reference.embedding_scatter(grad, indices, seed, offset, expansion, rows)
-    assert_matches_reference(grad_weight, expected)
-    # Rows nobody looked up are left exactly as they were.
-    untouched = ~looked_up_mask(indices, rows)
-    assert torch.equal(grad_weight[:, untouched], start[:, untouched])
-
-
-@needs_extension
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("grad_dtype", [torch.float32, torch.bfloat16])
-def test_kernel_scatter_add_dtypes(dtype, grad_dtype, generator):
-    indices = random_indices(6, (20,), generator)
-    grad = torch.randn(20, 150, generator=generator).to(grad_dtype)
-    seed, offset = seed_and_offset(generator)
-    grad_weight = torch.zeros(3, 6, 150, dtype=dtype)
-    OPS.embedding_scatter_add_(grad_weight, grad, indices, seed, offset)
-    expected = reference.embedding_scatter(grad.double(), indices, seed, offset, 3, 6, torch.float64)
-    assert_matches_reference(grad_weight, expected, grad_dtype)
-
-
-@needs_extension
 def test_kernel_scatter_add_repeated_indices_add_up(generator):
     """A row looked up n times gets the sum of its n gradients, each times the same P."""
     grad = torch.randn(1, 70, generator=generator, dtype=torch.float64)
@@ -153,18 +95,6 @@ def test_kernel_scatter_add_repeated_indices_add_up(generator):
     OPS.embedding_scatter_add_(many, grad.expand(7, 70), torch.full((7,), 3), seed, offset)
     torch.testing.assert_close(many, 7 * once, **F64)
     assert torch.count_nonzero(many[:, [0, 1, 2, 4]]) == 0
-
-
-@needs_extension
-def test_kernel_empty_lookups_and_empty_rows():
-    weight = torch.randn(2, 4, 3)
-    seed = torch.tensor(1)
-    empty = torch.zeros(0, 5, dtype=torch.int64)
-    assert OPS.embedding_combine(weight, empty, seed, 0, None).shape == (0, 5, 3)
-    grad_weight = torch.zeros(2, 4, 3)
-    OPS.embedding_scatter_add_(grad_weight, torch.zeros(0, 5, 3), empty, seed, 0)
-    assert torch.count_nonzero(grad_weight) == 0
-    assert OPS.embedding_combine(torch.randn(2, 4, 0), torch.tensor([1, 3]), seed, 0, None).shape == (2, 0)
 
 
 # ---------------------------------------------------------------------------------- registration: opcheck, autograd
@@ -227,30 +157,6 @@ def test_functional_output_keeps_weight_dtype_under_autocast(generator):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = mk.functional.majority_embedding(torch.tensor([0, 3]), weight, seed=1)
     assert out.dtype == torch.float32
-
-
-@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
-def test_gradient_accumulation_adds_into_grad_in_place(backend, generator):
-    """Later backward passes add the looked-up rows into .grad, with no [e, rows, dim] temporary; the result is
-    the sum of the separate steps' gradients."""
-    layer = mk.MKEmbedding(40, 6, expansion=3)
-    batches = [random_indices(40, (3, 4), generator) for _ in range(3)]
-    with mk.use_backend(backend):
-        state = torch.get_rng_state()
-        separate = []
-        for tokens in batches:
-            layer.zero_grad(set_to_none=True)
-            layer(tokens).square().sum().backward()
-            separate.append(layer.weight.grad.clone())
-        torch.set_rng_state(state)
-        layer.zero_grad(set_to_none=True)
-        layer(batches[0]).square().sum().backward()
-        storage = layer.weight.grad.data_ptr()
-        for tokens in batches[1:]:
-            with ParameterSizedAllocations(layer.weight.numel()) as results:
-                layer(tokens).square().sum().backward()
-            assert results.ops == [] and layer.weight.grad.data_ptr() == storage
-    torch.testing.assert_close(layer.weight.grad, sum(separate))
 
 
 def test_weight_modified_in_place_between_forward_and_backward_raises():

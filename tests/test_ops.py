@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import FAST_CPU_BACKENDS, sgd_losses
+from helpers import FAST_CPU_BACKENDS, assert_compiled_training_matches_eager, seed_tensor
 
 import majority_kernels as mk
 from majority_kernels import ops
@@ -12,21 +12,17 @@ pytestmark = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="the C++ extension
 OPS = torch.ops.majority_kernels if ops.HAS_EXTENSION else None
 
 
-def _seed(value=12345):
-    return torch.tensor(value, dtype=torch.int64)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck_every_op(dtype):
     weight = torch.randn(3, 5, 7, dtype=dtype, requires_grad=True)
     grad = torch.randn(5, 7, dtype=dtype, requires_grad=True)
     cases = [
-        (OPS.combine.default, (weight, _seed(), 11, None)),
-        (OPS.combine.default, (weight, _seed(), 11, torch.bfloat16)),
-        (OPS.scatter.default, (grad, _seed(), 11, 3, None)),
-        (OPS.scatter.default, (grad, _seed(), 11, 3, torch.float64)),
-        (OPS.scatter_add_.default, (torch.randn(3, 5, 7, dtype=dtype), grad.detach(), _seed(), 11)),
-        (OPS.mixing_weights.default, (_seed(), 11, 3, 35)),
+        (OPS.combine.default, (weight, seed_tensor(), 11, None)),
+        (OPS.combine.default, (weight, seed_tensor(), 11, torch.bfloat16)),
+        (OPS.scatter.default, (grad, seed_tensor(), 11, 3, None)),
+        (OPS.scatter.default, (grad, seed_tensor(), 11, 3, torch.float64)),
+        (OPS.scatter_add_.default, (torch.randn(3, 5, 7, dtype=dtype), grad.detach(), seed_tensor(), 11)),
+        (OPS.mixing_weights.default, (seed_tensor(), 11, 3, 35)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
@@ -36,7 +32,7 @@ def test_opcheck_every_op(dtype):
 def test_gradcheck_combine_and_scatter(expansion):
     weight = torch.randn(expansion, 4, 6, dtype=torch.float64, requires_grad=True)
     grad = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
-    seed = _seed(99)
+    seed = seed_tensor(99)
     assert torch.autograd.gradcheck(lambda w: OPS.combine(w, seed, 3, None), (weight,))
     assert torch.autograd.gradgradcheck(lambda w: OPS.combine(w, seed, 3, None), (weight,))
     assert torch.autograd.gradcheck(lambda g: OPS.scatter(g, seed, 3, expansion, None), (grad,))
@@ -68,25 +64,14 @@ class _TwinProjections(torch.nn.Module):
 
 @pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
 def test_compile_fullgraph_training_matches_eager(backend):
-    torch._dynamo.reset()
-
     def make():
         torch.manual_seed(0)
         return torch.nn.Sequential(mk.MKLinear(8, 16, expansion=3), torch.nn.ReLU(), _TwinProjections(),
                                    mk.MKConv1d(1, 2, 3, padding=1, expansion=2), torch.nn.Flatten(),
                                    torch.nn.Linear(32, 1))
 
-    x = torch.randn(4, 1, 8)
     with mk.use_backend(backend):
-        eager_model, compiled_model = make(), make()
-        compiled = torch.compile(compiled_model, fullgraph=True)
-        torch.manual_seed(1)
-        eager = sgd_losses(eager_model, x, steps=3)
-        torch.manual_seed(1)
-        traced = sgd_losses(compiled, x, steps=3)
-    torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-6)
-    for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert_compiled_training_matches_eager(make, torch.randn(4, 1, 8), steps=3)
 
 
 def test_compile_fullgraph_functional_with_seed_tensor():

@@ -172,7 +172,9 @@ def test_autocast_and_grad_scaler_on_gpu(dtype):
 @pytest.mark.parametrize("make_layer, make_input", [
     (lambda: mk.MKLinear(7, 5, expansion=3), lambda: torch.randn(4, 7)),
     (lambda: mk.MKConv2d(2, 3, 3, expansion=5), lambda: torch.randn(2, 2, 6, 6)),
-])
+    # Repeated rows: the looked-up rows only are added into .grad.
+    (lambda: mk.MKEmbedding(40, 6, expansion=3), lambda: torch.randint(0, 40, (3, 4))),
+], ids=["linear", "conv2d", "embedding"])
 def test_gradient_accumulation_in_place_equals_sum_of_steps(backend, make_layer, make_input):
     layer = make_layer()
     inputs = [make_input() for _ in range(3)]

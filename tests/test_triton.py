@@ -1,8 +1,11 @@
-"""The Triton backend against the float64 reference.
+"""The Triton backend's own tests; what every backend must do is tests/test_conformance.py's.
 
-Without a GPU every kernel runs on CPU tensors in Triton's interpreter (conftest sets TRITON_INTERPRET=1), on
-small shapes chosen to cross the tiles (1024-element blocks, 16 x 32 x 32 GEMM tiles under the interpreter). On a
-GPU the same tests run natively, plus the `gpu` ones: half precision, larger shapes, cross-backend equality.
+Here: the uniforms bit for bit, opcheck and gradcheck of its ops, the linear layer's fused and combine paths and
+their choice, gradient accumulation in place, embeddings, the layers and torch.compile, the benchmark's Triton
+variants and the sm_90 build. Without a GPU every kernel runs on CPU tensors in Triton's interpreter (conftest
+sets TRITON_INTERPRET=1), on small shapes chosen to cross the tiles (1024-element blocks, 16 x 32 x 32 GEMM tiles
+under the interpreter). On a GPU the same tests run natively, plus the `gpu` ones: half precision, larger shapes,
+cross-backend equality.
 """
 
 import json
@@ -12,14 +15,17 @@ import subprocess
 import sys
 import textwrap
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import (
     EXPANSIONS,
     TOLERANCES,
+    assert_compiled_training_matches_eager,
     assert_gemm_matches_reference,
     assert_matches_reference,
+    cpu64,
     needs_float64_dot,
     random_seed,
     sgd_losses,
@@ -28,11 +34,11 @@ from helpers import (
 import majority_kernels as mk
 from majority_kernels import backends, paths, reference, tuning
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-_REASON = backends.BACKENDS["triton"].unavailable(DEVICE)
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"backend 'triton' cannot run here: {_REASON}")
+DEVICE = helpers.TRITON_DEVICE
+pytestmark = helpers.needs_triton
+device_randn, device_seed = helpers.triton_randn, helpers.triton_seed
 
-if _REASON is None:
+if helpers.TRITON_UNAVAILABLE is None:
     import triton
     import triton.language as tl
 
@@ -60,21 +66,9 @@ if _REASON is None:
 def _uniforms(expansion, numel, seed, offset):
     groups = (expansion + 2) // 4
     out = torch.empty(4 * groups, numel, device=DEVICE)
-    _uniforms_kernel[(triton.cdiv(numel, 256),)](out, _seed(seed), offset - 2**64 if offset >= 2**63 else offset,
+    _uniforms_kernel[(triton.cdiv(numel, 256),)](out, device_seed(seed), offset - 2**64 if offset >= 2**63 else offset,
                                                  numel, EXPANSION=expansion, BLOCK=256)
     return out[:expansion - 1].cpu()
-
-
-def _seed(value=12345):
-    return torch.tensor(value, dtype=torch.int64, device=DEVICE)
-
-
-def _randn(*shape, generator, dtype=torch.float32):
-    return torch.randn(*shape, dtype=torch.float64, generator=generator).to(device=DEVICE, dtype=dtype)
-
-
-def _cpu64(tensor):
-    return tensor.detach().to("cpu", torch.float64)
 
 
 def _triton():
@@ -98,25 +92,6 @@ def test_uniforms_equal_reference_exactly(expansion, offset, generator):
     assert torch.equal(_uniforms(expansion, 300, seed, offset), expected)
 
 
-def test_mixing_weights_match_vectors(rng_vectors):
-    with _triton():
-        for case in rng_vectors["mixing"]:
-            p = mk.functional.mixing_weights(case["e"], case["n"], case["seed"], case["offset"], device=DEVICE,
-                                             dtype=torch.float64)
-            torch.testing.assert_close(p.cpu(), torch.tensor(case["P"], dtype=torch.float64), rtol=0, atol=1e-6)
-
-
-@pytest.mark.parametrize("expansion", EXPANSIONS)
-def test_mixing_weights_relative_accuracy(expansion, generator):
-    # Relative, not absolute: small P (small u) would show an inaccurate -log(1 - u). 2100 elements span 3 blocks.
-    seed, offset = random_seed(generator), 2**64 - 1000
-    with _triton():
-        p = mk.functional.mixing_weights(expansion, 2100, seed, offset, device=DEVICE)
-    assert p.dtype == torch.float32 and p.shape == (expansion, 2100)
-    torch.testing.assert_close(_cpu64(p), reference.mixing_weights(expansion, 2100, seed, offset), rtol=2e-6,
-                               atol=0)
-
-
 @pytest.mark.skipif("cpu" not in mk.available_backends("cpu"), reason="the C++ extension is not built")
 def test_mixing_weights_equal_cpu_backend(generator):
     seed = random_seed(generator)
@@ -127,116 +102,30 @@ def test_mixing_weights_equal_cpu_backend(generator):
     torch.testing.assert_close(actual.cpu(), expected, rtol=0, atol=1e-6)
 
 
-# ---- combine, scatter ----------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("expansion", EXPANSIONS)
-@pytest.mark.parametrize("shape", [(1,), (1500,), (2, 3, 5, 7)])
-def test_combine(expansion, shape, generator):
-    weight = _randn(expansion, *shape, generator=generator)
-    seed, offset = random_seed(generator), int(torch.randint(0, 2**40, (), generator=generator))
-    with _triton():
-        actual = mk.functional.combine(weight, seed, offset)
-    assert actual.shape == shape and actual.dtype == torch.float32
-    assert_matches_reference(actual.detach().cpu(), reference.combine(_cpu64(weight), seed, offset))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("out_dtype", [None, torch.float32, torch.float64, torch.bfloat16, torch.float16])
-def test_combine_dtypes(dtype, out_dtype, generator):
-    weight = _randn(3, 11, 13, generator=generator, dtype=dtype)
-    seed = random_seed(generator)
-    with _triton():
-        actual = mk.functional.combine(weight, seed, 2**64 - 5, out_dtype=out_dtype)
-    assert actual.dtype == (out_dtype or dtype)
-    assert_matches_reference(actual.cpu(), reference.combine(_cpu64(weight), seed, 2**64 - 5), dtype)
-
-
-@pytest.mark.parametrize("expansion", EXPANSIONS)
-@pytest.mark.parametrize("shape", [(7,), (13, 170)])
-def test_scatter(expansion, shape, generator):
-    grad = _randn(*shape, generator=generator)
-    seed, offset = random_seed(generator), random_seed(generator)
-    with _triton():
-        actual = mk.functional.scatter(grad, seed, offset, expansion)
-    assert actual.shape == (expansion, *shape) and actual.dtype == torch.float32
-    assert_matches_reference(actual.detach().cpu(), reference.scatter(_cpu64(grad), seed, offset, expansion))
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
-def test_scatter_dtypes(dtype, generator):
-    grad = _randn(9, 31, generator=generator, dtype=dtype)
-    with _triton():
-        same = mk.functional.scatter(grad, 4, 0, 3)
-        wide = mk.functional.scatter(grad, 4, 0, 3, out_dtype=torch.float32)
-    expected = reference.scatter(_cpu64(grad), 4, 0, 3)
-    assert same.dtype == dtype and wide.dtype == torch.float32
-    assert_matches_reference(same.cpu(), expected)
-    assert_matches_reference(wide.cpu(), expected, dtype)
-
-
-@pytest.mark.parametrize("expansion", EXPANSIONS)
-def test_scatter_accumulates_in_place(expansion, generator):
-    grad = _randn(9, 31, generator=generator)
-    existing = _randn(expansion, 9, 31, generator=generator)
-    before = _cpu64(existing)
-    seed = random_seed(generator)
-    with _triton():
-        result = mk.functional.scatter(grad, seed, 3, expansion, accumulate_into=existing)
-    assert result is existing
-    assert_matches_reference(existing.detach().cpu(), before + reference.scatter(_cpu64(grad), seed, 3, expansion))
-
-
-def test_non_contiguous_weight_and_grad(generator):
-    weight = _randn(4, 10, 12, generator=generator).transpose(1, 2)
-    grad = _randn(12, 20, generator=generator)[:, ::2]
-    with _triton():
-        combined = mk.functional.combine(weight, 8, 0)
-        scattered = mk.functional.scatter(grad, 8, 0, 4)
-    assert_matches_reference(combined.detach().cpu(), reference.combine(_cpu64(weight), 8, 0))
-    assert_matches_reference(scattered.detach().cpu(), reference.scatter(_cpu64(grad), 8, 0, 4))
-
-
-def test_empty_tensors():
-    with _triton():
-        assert mk.functional.combine(torch.empty(3, 0, 5, device=DEVICE), 1).shape == (0, 5)
-        assert mk.functional.scatter(torch.empty(0, 5, device=DEVICE), 1, 0, 3).shape == (3, 0, 5)
-
-
-def test_nan_and_inf_propagate():
-    weight = torch.ones(3, 4, 5, device=DEVICE)
-    weight[1, 2, 3] = float("nan")
-    weight[0, 0, 0] = float("inf")
-    with _triton():
-        combined = mk.functional.combine(weight, 3)
-        scattered = mk.functional.scatter(weight[1], 3, 0, 2)
-    assert torch.isnan(combined[2, 3]) and torch.isinf(combined[0, 0])
-    assert torch.isfinite(combined).sum() == 18
-    assert torch.isnan(scattered[:, 2, 3]).all()
-
-
 # ---- registration: opcheck, gradients ------------------------------------------------------------------------
 
 def test_opcheck_every_op(generator):
-    weight = _randn(3, 5, 7, generator=generator).requires_grad_()
-    grad = _randn(5, 7, generator=generator).requires_grad_()
-    table = _randn(2, 6, 5, generator=generator).requires_grad_()
+    weight = device_randn(3, 5, 7, generator=generator).requires_grad_()
+    grad = device_randn(5, 7, generator=generator).requires_grad_()
+    table = device_randn(2, 6, 5, generator=generator).requires_grad_()
     indices = torch.tensor([[0, 5, 5], [2, 0, 1]], device=DEVICE)
-    x, dy = _randn(4, 7, generator=generator), _randn(4, 5, generator=generator)
+    x, dy = device_randn(4, 7, generator=generator), device_randn(4, 5, generator=generator)
     cases = [
-        (OPS.combine.default, (weight, _seed(), 11, None)),
-        (OPS.combine.default, (weight, _seed(), -11, torch.bfloat16)),
-        (OPS.scatter.default, (grad, _seed(), 11, 3, None)),
-        (OPS.scatter_add_.default, (_randn(3, 5, 7, generator=generator), grad.detach(), _seed(), 11)),
-        (OPS.mixing_weights.default, (_seed(), 11, 3, 35)),
-        (OPS.embedding_combine.default, (table, indices, _seed(), 11, None)),
-        (OPS.embedding_scatter.default, (_randn(2, 3, 5, generator=generator), indices, _seed(), 11, 2, 6,
+        (OPS.combine.default, (weight, device_seed(), 11, None)),
+        (OPS.combine.default, (weight, device_seed(), -11, torch.bfloat16)),
+        (OPS.scatter.default, (grad, device_seed(), 11, 3, None)),
+        (OPS.scatter_add_.default, (device_randn(3, 5, 7, generator=generator), grad.detach(), device_seed(), 11)),
+        (OPS.mixing_weights.default, (device_seed(), 11, 3, 35)),
+        (OPS.embedding_combine.default, (table, indices, device_seed(), 11, None)),
+        (OPS.embedding_scatter.default, (device_randn(2, 3, 5, generator=generator), indices, device_seed(), 11, 2, 6,
                                          torch.float32)),
-        (OPS.embedding_scatter_add_.default, (_randn(2, 6, 5, generator=generator), _randn(2, 3, 5,
-                                              generator=generator), indices, _seed(), 11)),
-        (OPS.mixed_matmul.default, (x, weight.detach(), _randn(5, generator=generator), _seed(), 11, False)),
-        (OPS.mixed_matmul.default, (dy, weight.detach(), None, _seed(), 11, True)),
-        (OPS.weight_grad.default, (dy, x, _seed(), 11, 3, torch.float32)),
-        (OPS.weight_grad_add_.default, (_randn(3, 5, 7, generator=generator), dy, x, _seed(), 11)),
+        (OPS.embedding_scatter_add_.default, (device_randn(2, 6, 5, generator=generator), device_randn(2, 3, 5,
+                                              generator=generator), indices, device_seed(), 11)),
+        (OPS.mixed_matmul.default, (x, weight.detach(), device_randn(5, generator=generator), device_seed(), 11,
+                                    False)),
+        (OPS.mixed_matmul.default, (dy, weight.detach(), None, device_seed(), 11, True)),
+        (OPS.weight_grad.default, (dy, x, device_seed(), 11, 3, torch.float32)),
+        (OPS.weight_grad_add_.default, (device_randn(3, 5, 7, generator=generator), dy, x, device_seed(), 11)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
@@ -244,10 +133,10 @@ def test_opcheck_every_op(generator):
 
 @pytest.mark.parametrize("expansion", [1, 3, 5])
 def test_gradcheck_combine_scatter_embedding(expansion, generator):
-    weight = _randn(expansion, 4, 6, generator=generator, dtype=torch.float64).requires_grad_()
-    grad = _randn(4, 6, generator=generator, dtype=torch.float64).requires_grad_()
+    weight = device_randn(expansion, 4, 6, generator=generator, dtype=torch.float64).requires_grad_()
+    grad = device_randn(4, 6, generator=generator, dtype=torch.float64).requires_grad_()
     indices = torch.tensor([3, 0, 3], device=DEVICE)
-    seed = _seed(99)
+    seed = device_seed(99)
     assert torch.autograd.gradcheck(lambda w: OPS.combine(w, seed, 3, None), (weight,), fast_mode=True)
     assert torch.autograd.gradgradcheck(lambda w: OPS.combine(w, seed, 3, None), (weight,), fast_mode=True)
     assert torch.autograd.gradcheck(lambda g: OPS.scatter(g, seed, 3, expansion, None), (grad,), fast_mode=True)
@@ -259,9 +148,9 @@ def test_gradcheck_combine_scatter_embedding(expansion, generator):
 
 @pytest.mark.parametrize("forced", [pytest.param(("fused", "fused"), marks=needs_float64_dot), ("combine", "scatter")])
 def test_gradcheck_majority_linear(forced, generator):
-    x = _randn(3, 5, generator=generator, dtype=torch.float64).requires_grad_()
-    w = _randn(4, 2, 5, generator=generator, dtype=torch.float64).requires_grad_()
-    b = _randn(2, generator=generator, dtype=torch.float64).requires_grad_()
+    x = device_randn(3, 5, generator=generator, dtype=torch.float64).requires_grad_()
+    w = device_randn(4, 2, 5, generator=generator, dtype=torch.float64).requires_grad_()
+    b = device_randn(2, generator=generator, dtype=torch.float64).requires_grad_()
     with _triton(), paths.force_paths(*forced):
         assert torch.autograd.gradcheck(lambda x, w, b: mk.functional.majority_linear(x, w, b, seed=7), (x, w, b),
                                         fast_mode=True)
@@ -270,20 +159,20 @@ def test_gradcheck_majority_linear(forced, generator):
 # ---- the linear layer's paths --------------------------------------------------------------------------------
 
 def _linear_case(m, n, k, expansion, generator, dtype=torch.float32):
-    x = _randn(m, k, generator=generator, dtype=dtype).requires_grad_()
-    weight = _randn(expansion, n, k, generator=generator).requires_grad_()
-    bias = _randn(n, generator=generator).requires_grad_()
+    x = device_randn(m, k, generator=generator, dtype=dtype).requires_grad_()
+    weight = device_randn(expansion, n, k, generator=generator).requires_grad_()
+    bias = device_randn(n, generator=generator).requires_grad_()
     return x, weight, bias
 
 
 def _reference_linear(x, weight, bias, seed, offset, grad_out, compute_dtype):
     """Output and (x, weight, bias) gradients of the mixed linear layer in float64, from W_eff rounded to the
     compute dtype as the kernels use it."""
-    x, weight, bias = (_cpu64(t).requires_grad_() for t in (x, weight, bias))
+    x, weight, bias = (cpu64(t).requires_grad_() for t in (x, weight, bias))
     mixed = reference.combine(weight, seed, offset)
     rounded = mixed + (mixed.to(compute_dtype).double() - mixed).detach()
     out = F.linear(x, rounded, bias)
-    out.backward(_cpu64(grad_out))
+    out.backward(cpu64(grad_out))
     return out.detach(), x.grad, weight.grad, bias.grad
 
 
@@ -293,7 +182,7 @@ def test_linear_paths_match_reference(forward, wgrad, generator):
     # 37 x 45 x 70: several tiles of every GEMM dimension, none of them full.
     x, weight, bias = _linear_case(37, 45, 70, 3, generator)
     seed, offset = random_seed(generator), 2**64 - 20
-    grad_out = _randn(37, 45, generator=generator)
+    grad_out = device_randn(37, 45, generator=generator)
     with _triton(), paths.force_paths(forward, wgrad):
         out = mk.functional.majority_linear(x, weight, bias, seed=seed, offset=offset)
         out.backward(grad_out)
@@ -306,7 +195,7 @@ def test_linear_paths_match_reference(forward, wgrad, generator):
 def test_fused_kernels_every_expansion(expansion, generator):
     x, weight, bias = _linear_case(17, 20, 33, expansion, generator)
     seed = random_seed(generator)
-    grad_out = _randn(17, 20, generator=generator)
+    grad_out = device_randn(17, 20, generator=generator)
     with _triton(), paths.force_paths("fused", "fused"):
         out = mk.functional.majority_linear(x, weight, bias, seed=seed, offset=5)
         out.backward(grad_out)
@@ -316,12 +205,12 @@ def test_fused_kernels_every_expansion(expansion, generator):
 
 
 def test_linear_batched_input_and_no_bias(generator):
-    x = _randn(2, 3, 9, generator=generator)
-    weight = _randn(2, 4, 9, generator=generator)
+    x = device_randn(2, 3, 9, generator=generator)
+    weight = device_randn(2, 4, 9, generator=generator)
     with _triton(), paths.force_paths("fused"):
         out = mk.functional.majority_linear(x, weight, seed=1)
     assert out.shape == (2, 3, 4)
-    assert_gemm_matches_reference(_cpu64(out), _cpu64(x) @ reference.combine(_cpu64(weight), 1).T)
+    assert_gemm_matches_reference(cpu64(out), cpu64(x) @ reference.combine(cpu64(weight), 1).T)
 
 
 @pytest.mark.parametrize("forward", ["fused", "combine"])
@@ -339,15 +228,15 @@ def test_linear_empty_batch_and_features(forward):
 def test_linear_under_autocast(forward, generator):
     # float32 master weights, bfloat16 compute: W_eff (and the output) in bfloat16.
     x, weight, bias = _linear_case(20, 24, 40, 4, generator)
-    grad_out = _randn(20, 24, generator=generator, dtype=torch.bfloat16)
+    grad_out = device_randn(20, 24, generator=generator, dtype=torch.bfloat16)
     with _triton(), paths.force_paths(forward, "fused"), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         out = mk.functional.majority_linear(x, weight, bias, seed=3)
     out.backward(grad_out)
     assert out.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
     expected = _reference_linear(x.to(torch.bfloat16), weight, bias.to(torch.bfloat16), 3, 0, grad_out,
                                  torch.bfloat16)
-    torch.testing.assert_close(_cpu64(out), expected[0], **TOLERANCES[torch.bfloat16])
-    torch.testing.assert_close(_cpu64(weight.grad), expected[2], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(cpu64(out), expected[0], **TOLERANCES[torch.bfloat16])
+    torch.testing.assert_close(cpu64(weight.grad), expected[2], rtol=2e-2, atol=2e-2)
 
 
 def test_fused_path_weight_kept_without_a_saved_copy(generator):
@@ -362,16 +251,16 @@ def test_fused_path_weight_kept_without_a_saved_copy(generator):
         frozen = weight.detach()
         out = mk.functional.majority_linear(x, frozen, bias, seed=2)
         out.backward(torch.ones_like(out))
-    expected = torch.ones(5, 6, dtype=torch.float64) @ reference.combine(_cpu64(frozen), 2)
+    expected = torch.ones(5, 6, dtype=torch.float64) @ reference.combine(cpu64(frozen), 2)
     assert_gemm_matches_reference(x.grad.cpu(), expected)
 
 
 def test_weight_grad_add_accumulates(generator):
-    dy, x = _randn(19, 6, generator=generator), _randn(19, 11, generator=generator)
-    existing = _randn(3, 6, 11, generator=generator)
-    before = _cpu64(existing)
-    OPS.weight_grad_add_(existing, dy, x, _seed(5), 9)
-    expected = before + reference.scatter(_cpu64(dy).T @ _cpu64(x), 5, 9, 3)
+    dy, x = device_randn(19, 6, generator=generator), device_randn(19, 11, generator=generator)
+    existing = device_randn(3, 6, 11, generator=generator)
+    before = cpu64(existing)
+    OPS.weight_grad_add_(existing, dy, x, device_seed(5), 9)
+    expected = before + reference.scatter(cpu64(dy).T @ cpu64(x), 5, 9, 3)
     assert_gemm_matches_reference(existing.cpu(), expected)
 
 
@@ -379,7 +268,7 @@ def test_weight_grad_add_accumulates(generator):
 def test_linear_gradient_accumulates_into_grad(wgrad, generator):
     # The second backward adds into weight.grad in place (weight_grad_add_ / scatter_add_).
     x, weight, bias = _linear_case(9, 6, 11, 3, generator)
-    grad_out = _randn(9, 6, generator=generator)
+    grad_out = device_randn(9, 6, generator=generator)
     with _triton(), paths.force_paths("fused", wgrad):
         for _ in range(2):
             mk.functional.majority_linear(x, weight, bias, seed=4).backward(grad_out)
@@ -388,12 +277,12 @@ def test_linear_gradient_accumulates_into_grad(wgrad, generator):
 
 
 def test_combine_and_embedding_gradients_accumulate_into_grad(generator):
-    weight = _randn(3, 4, 5, generator=generator).requires_grad_()
+    weight = device_randn(3, 4, 5, generator=generator).requires_grad_()
     indices = torch.tensor([1, 3, 1], device=DEVICE)
     with _triton():
         for _ in range(2):
             mk.functional.combine(weight, 6).sum().backward()
-            triton_ops.embedding_combine(weight, indices, _seed(6), 0, None).sum().backward()
+            triton_ops.embedding_combine(weight, indices, device_seed(6), 0, None).sum().backward()
     expected = reference.scatter(torch.ones(4, 5, dtype=torch.float64), 6, 0, 3)
     expected += reference.embedding_scatter(torch.ones(3, 5, dtype=torch.float64), indices.cpu(), 6, 0, 3, 4)
     assert_matches_reference(weight.grad.cpu(), 2 * expected)
@@ -433,16 +322,16 @@ def test_float64_without_float64_dot_takes_the_combine_paths(monkeypatch, genera
     monkeypatch.setattr(tiling, "FLOAT64_DOT", False)
     assert triton_ops.linear_paths(1, torch.float64, DEVICE, 4) == ("combine", "scatter")
     assert triton_ops.linear_paths(1, torch.float32, DEVICE, 4) == ("fused", "fused")
-    x = _randn(3, 5, generator=generator, dtype=torch.float64)
-    w = _randn(2, 4, 5, generator=generator, dtype=torch.float64)
+    x = device_randn(3, 5, generator=generator, dtype=torch.float64)
+    w = device_randn(2, 4, 5, generator=generator, dtype=torch.float64)
     with _triton():
         out = mk.functional.majority_linear(x, w, seed=7)
-    assert_matches_reference(out.cpu(), F.linear(_cpu64(x), reference.combine(_cpu64(w), 7, 0)))
+    assert_matches_reference(out.cpu(), F.linear(cpu64(x), reference.combine(cpu64(w), 7, 0)))
     for forward, wgrad in (("fused", None), (None, "fused")):
         with _triton(), paths.force_paths(forward, wgrad), pytest.raises(ValueError, match="float64 tiles"):
             mk.functional.majority_linear(x, w, seed=7)
     with pytest.raises(ValueError, match="float64 tiles"):
-        OPS.mixed_matmul(x, w, None, _seed(7), 0, False)
+        OPS.mixed_matmul(x, w, None, device_seed(7), 0, False)
 
 
 # ---- embeddings ----------------------------------------------------------------------------------------------
@@ -451,24 +340,24 @@ def test_float64_without_float64_dot_takes_the_combine_paths(monkeypatch, genera
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
 def test_embedding_combine_and_gradient(expansion, index_dtype, generator):
     # dim 130: two column tiles; repeated rows: the gradient adds up.
-    table = _randn(expansion, 10, 130, generator=generator).requires_grad_()
+    table = device_randn(expansion, 10, 130, generator=generator).requires_grad_()
     indices = torch.tensor([[3, 0, 3], [9, 3, 1]], dtype=index_dtype, device=DEVICE)
     seed, offset = random_seed(generator), 2**63 + 1
-    grad_out = _randn(2, 3, 130, generator=generator)
+    grad_out = device_randn(2, 3, 130, generator=generator)
     with _triton():
-        out = backends.BACKENDS["triton"].embedding_combine(table, indices, _seed(seed), offset - 2**64, None)
+        out = backends.BACKENDS["triton"].embedding_combine(table, indices, device_seed(seed), offset - 2**64, None)
     out.backward(grad_out)
     assert out.shape == (2, 3, 130)
-    expected_out = reference.embedding_combine(_cpu64(table), indices.cpu(), seed, offset)
+    expected_out = reference.embedding_combine(cpu64(table), indices.cpu(), seed, offset)
     assert_matches_reference(out.detach().cpu(), expected_out)
-    expected = reference.embedding_scatter(_cpu64(grad_out), indices.cpu(), seed, offset, expansion, 10)
+    expected = reference.embedding_scatter(cpu64(grad_out), indices.cpu(), seed, offset, expansion, 10)
     assert_matches_reference(table.grad.detach().cpu(), expected)
 
 
 def test_embedding_half_precision_table(generator):
-    table = _randn(2, 7, 5, generator=generator, dtype=torch.bfloat16).requires_grad_()
+    table = device_randn(2, 7, 5, generator=generator, dtype=torch.bfloat16).requires_grad_()
     indices = torch.tensor([1, 1, 6], device=DEVICE)
-    out = triton_ops.embedding_combine(table, indices, _seed(4), 0, torch.float32)
+    out = triton_ops.embedding_combine(table, indices, device_seed(4), 0, torch.float32)
     out.backward(torch.ones_like(out))
     assert out.dtype == torch.float32 and table.grad.dtype == torch.bfloat16
     expected = reference.embedding_scatter(torch.ones(3, 5, dtype=torch.float64), indices.cpu(), 4, 0, 2, 7)
@@ -534,18 +423,9 @@ def test_layers_train_like_reference_backend(forward):
 
 @pytest.mark.parametrize("forward", ["fused", "combine"])
 def test_compile_fullgraph_matches_eager(forward):
-    torch._dynamo.reset()
     x = torch.randn(4, 2, 8, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    eager_model, compiled_model = _model(), _model()
-    compiled = torch.compile(compiled_model, fullgraph=True)
     with _triton(), paths.force_paths(forward):
-        torch.manual_seed(3)
-        eager = sgd_losses(eager_model, x, steps=2)
-        torch.manual_seed(3)
-        traced = sgd_losses(compiled, x, steps=2)
-    torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-6)
-    for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert_compiled_training_matches_eager(_model, x, steps=2)
 
 
 # ---- the benchmark's Triton variants ------------------------------------------------------------------------
@@ -682,13 +562,13 @@ def test_kernels_build_for_sm90():
 @pytest.mark.parametrize("wgrad", ["fused", "scatter"])
 def test_gpu_half_precision_linear(dtype, forward, wgrad, generator):
     x, weight, bias = _linear_case(300, 520, 260, 4, generator)
-    grad_out = _randn(300, 520, generator=generator, dtype=dtype)
+    grad_out = device_randn(300, 520, generator=generator, dtype=dtype)
     with _triton(), paths.force_paths(forward, wgrad), torch.autocast("cuda", dtype=dtype):
         out = mk.functional.majority_linear(x, weight, bias, seed=11)
     out.backward(grad_out)
     expected = _reference_linear(x.to(dtype), weight, bias.to(dtype), 11, 0, grad_out, dtype)
-    torch.testing.assert_close(_cpu64(out), expected[0], rtol=2e-2, atol=5e-2)
-    torch.testing.assert_close(_cpu64(weight.grad), expected[2], rtol=2e-2, atol=5e-2)
+    torch.testing.assert_close(cpu64(out), expected[0], rtol=2e-2, atol=5e-2)
+    torch.testing.assert_close(cpu64(weight.grad), expected[2], rtol=2e-2, atol=5e-2)
 
 
 @pytest.mark.gpu

@@ -9,19 +9,20 @@ import os
 import subprocess
 import sys
 
+import helpers
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import EXPANSIONS, TOLERANCES, assert_gemm_matches_reference, needs_float64_dot, random_seed
 
 import majority_kernels as mk
-from majority_kernels import backends, reference
+from majority_kernels import reference
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-_REASON = backends.BACKENDS["triton"].unavailable(DEVICE)
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"backend 'triton' cannot run here: {_REASON}")
+DEVICE = helpers.TRITON_DEVICE
+pytestmark = helpers.needs_triton
+device_randn, device_seed = helpers.triton_randn, helpers.triton_seed
 
-if _REASON is None:
+if helpers.TRITON_UNAVAILABLE is None:
     from majority_kernels.experimental import fused_conv
     from majority_kernels.triton_kernels import conv, tiling
 
@@ -40,20 +41,12 @@ SHAPES = [
 ]
 
 
-def _randn(*shape, generator, dtype=torch.float32):
-    return torch.randn(*shape, dtype=torch.float64, generator=generator).to(device=DEVICE, dtype=dtype)
-
-
-def _seed(value=12345):
-    return torch.tensor(value, dtype=torch.int64, device=DEVICE)
-
-
 def _case(shape, expansion, generator, dtype=torch.float32, bias=True):
     batch, c_in, c_out, height, width, kernel = shape[:6]
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-    x = _randn(batch, c_in, height, width, generator=generator, dtype=dtype)
-    weight = _randn(expansion, c_out, c_in, kh, kw, generator=generator, dtype=dtype)
-    return x, weight, _randn(c_out, generator=generator, dtype=dtype) if bias else None
+    x = device_randn(batch, c_in, height, width, generator=generator, dtype=dtype)
+    weight = device_randn(expansion, c_out, c_in, kh, kw, generator=generator, dtype=dtype)
+    return x, weight, device_randn(c_out, generator=generator, dtype=dtype) if bias else None
 
 
 def _reference(x, weight, bias, seed, offset, stride, padding, dilation):
@@ -68,7 +61,7 @@ def _reference(x, weight, bias, seed, offset, stride, padding, dilation):
 def test_matches_reference(shape, bias, generator):
     x, weight, b = _case(shape, 3, generator, bias=bias)
     seed, offset = random_seed(generator), 2**63 - 7  # counters wrap past 2^64
-    out = conv.mixed_conv2d(x, weight, b, _seed(seed), offset, *shape[6:])
+    out = conv.mixed_conv2d(x, weight, b, device_seed(seed), offset, *shape[6:])
     assert out.dtype == x.dtype and out.is_contiguous()
     assert_gemm_matches_reference(out.cpu(), _reference(x, weight, b, seed, offset, *shape[6:]))
 
@@ -78,7 +71,7 @@ def test_every_expansion(expansion, generator):
     shape = SHAPES[1]
     x, weight, b = _case(shape, expansion, generator)
     seed = random_seed(generator)
-    out = conv.mixed_conv2d(x, weight, b, _seed(seed), 5, *shape[6:])
+    out = conv.mixed_conv2d(x, weight, b, device_seed(seed), 5, *shape[6:])
     assert_gemm_matches_reference(out.cpu(), _reference(x, weight, b, seed, 5, *shape[6:]))
 
 
@@ -87,7 +80,7 @@ def test_every_expansion(expansion, generator):
 def test_float64(shape, generator):
     x, weight, b = _case(shape, 5, generator, dtype=torch.float64)
     seed = random_seed(generator)
-    out = conv.mixed_conv2d(x, weight, b, _seed(seed), 9, *shape[6:])
+    out = conv.mixed_conv2d(x, weight, b, device_seed(seed), 9, *shape[6:])
     torch.testing.assert_close(out.cpu(), _reference(x, weight, b, seed, 9, *shape[6:]), **TOLERANCES[torch.float64])
 
 
@@ -95,7 +88,7 @@ def test_float64_without_float64_dot_is_refused(monkeypatch, generator):
     monkeypatch.setattr(tiling, "FLOAT64_DOT", False)  # Triton < 3.5
     x, weight, b = _case(SHAPES[1], 2, generator, dtype=torch.float64)
     with pytest.raises(ValueError, match="float64 tiles"):
-        conv.mixed_conv2d(x, weight, b, _seed(1), 0, *SHAPES[1][6:])
+        conv.mixed_conv2d(x, weight, b, device_seed(1), 0, *SHAPES[1][6:])
 
 
 def test_equals_combine_then_conv(generator):
@@ -123,7 +116,7 @@ def test_autocast_bfloat16(generator):
 
 def test_empty_batch(generator):
     x, weight, b = _case((0, 3, 4, 5, 5, 3), 2, generator)
-    assert conv.mixed_conv2d(x, weight, b, _seed(), 0).shape == (0, 4, 3, 3)
+    assert conv.mixed_conv2d(x, weight, b, device_seed(), 0).shape == (0, 4, 3, 3)
 
 
 def test_no_gradient_formula(generator):
@@ -135,12 +128,12 @@ def test_no_gradient_formula(generator):
 
 def test_opcheck(generator):
     x, weight, b = _case(SHAPES[3], 3, generator)
-    torch.library.opcheck(OPS.mixed_conv2d.default, (x, weight, b, _seed(), 11, [2, 1], [3, 1], [2, 2], 1))
-    torch.library.opcheck(OPS.mixed_conv2d.default, (x, weight, None, _seed(), -11, [1, 1], [0, 0], [1, 1], 1))
+    torch.library.opcheck(OPS.mixed_conv2d.default, (x, weight, b, device_seed(), 11, [2, 1], [3, 1], [2, 2], 1))
+    torch.library.opcheck(OPS.mixed_conv2d.default, (x, weight, None, device_seed(), -11, [1, 1], [0, 0], [1, 1], 1))
 
 
 def _bad_inputs():
-    x, weight, bias, seed = torch.randn(2, 3, 5, 5), torch.randn(2, 4, 3, 3, 3), torch.randn(4), _seed()
+    x, weight, bias, seed = torch.randn(2, 3, 5, 5), torch.randn(2, 4, 3, 3, 3), torch.randn(4), device_seed()
     return [
         ((x[0], weight, bias, seed, 0), {}, ValueError, "x must be a 4-D NCHW tensor"),
         ((x, weight[0], bias, seed, 0), {}, ValueError, "weight must be 5-D"),
