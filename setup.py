@@ -43,8 +43,9 @@ def nvcc_toolkit_root(nvcc: Optional[str] = None) -> Optional[str]:
     if nvcc is None:
         return None
     try:
-        run = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-E", os.devnull], capture_output=True, text=True,
-                             timeout=120)
+        run = subprocess.run(
+            [nvcc, "--dryrun", "-x", "cu", "-E", os.devnull], capture_output=True, text=True, timeout=120
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     for line in (run.stdout + run.stderr).splitlines():
@@ -60,8 +61,9 @@ def pip_cuda_include_dirs(roots: Optional[Iterable[str]] = None) -> list:
     if roots is None:
         spec = importlib.util.find_spec("nvidia")
         roots = list(spec.submodule_search_locations or []) if spec is not None else []
-    return sorted(path for root in roots for path in glob.glob(os.path.join(root, "*", "include"))
-                  if os.path.isdir(path))
+    return sorted(
+        path for root in roots for path in glob.glob(os.path.join(root, "*", "include")) if os.path.isdir(path)
+    )
 
 
 def _extensions():
@@ -94,8 +96,11 @@ def _extensions():
     want_cuda = might_build_cuda and (_flag("FORCE_CUDA") or cpp_extension.CUDA_HOME is not None)
     if want_cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
-        print(f"majority-kernels: building the CUDA kernels with CUDA_HOME={cpp_extension.CUDA_HOME} for "
-              f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}", file=sys.stderr)
+        print(
+            f"majority-kernels: building the CUDA kernels with CUDA_HOME={cpp_extension.CUDA_HOME} for "
+            f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}",
+            file=sys.stderr,
+        )
         # The toolkit's headers first, then the pip-installed ones as a fallback for what the toolkit lacks.
         include_dirs += cpp_extension.include_paths("cuda") + pip_cuda_include_dirs()
         extension = cpp_extension.CUDAExtension(

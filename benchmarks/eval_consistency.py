@@ -37,8 +37,9 @@ class TokenClassifier(nn.Module):
 
 def mk_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return mk.convert(TokenClassifier(), expansion=4, init="independent",
-                      layer_types=(nn.Linear, nn.Conv1d, nn.Embedding))
+    return mk.convert(
+        TokenClassifier(), expansion=4, init="independent", layer_types=(nn.Linear, nn.Conv1d, nn.Embedding)
+    )
 
 
 def batch(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,9 +84,15 @@ def run(fused: bool, steps: int, eval_every: int, micro_batches: int = 2) -> dic
             worst = max(worst, abs(eval_loss - collapsed_loss))
             evaluations += 1
             rss.append(rss_mib())
-    return {"optimizer": f"AdamW(fused={fused})", "steps": steps, "evaluations": evaluations,
-            "max_abs_difference": worst, "last_eval_loss": eval_loss, "rss_start_mib": rss[0],
-            "rss_end_mib": rss[-1]}
+    return {
+        "optimizer": f"AdamW(fused={fused})",
+        "steps": steps,
+        "evaluations": evaluations,
+        "max_abs_difference": worst,
+        "last_eval_loss": eval_loss,
+        "rss_start_mib": rss[0],
+        "rss_end_mib": rss[-1],
+    }
 
 
 def main() -> None:
@@ -93,13 +100,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--eval-every", type=int, default=100)
     args = parser.parse_args()
-    print("| optimizer | steps | evaluations | max abs(eval - collapsed) loss | last eval loss | RSS first eval "
-          "(MiB) | RSS last eval (MiB) |")
+    print(
+        "| optimizer | steps | evaluations | max abs(eval - collapsed) loss | last eval loss | RSS first eval "
+        "(MiB) | RSS last eval (MiB) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for fused in (True, False):
         r = run(fused, args.steps, args.eval_every)
-        print(f"| {r['optimizer']} | {r['steps']} | {r['evaluations']} | {r['max_abs_difference']:.3g} | "
-              f"{r['last_eval_loss']:.4f} | {r['rss_start_mib']:.1f} | {r['rss_end_mib']:.1f} |")
+        print(
+            f"| {r['optimizer']} | {r['steps']} | {r['evaluations']} | {r['max_abs_difference']:.3g} | "
+            f"{r['last_eval_loss']:.4f} | {r['rss_start_mib']:.1f} | {r['rss_end_mib']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

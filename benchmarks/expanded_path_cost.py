@@ -74,11 +74,12 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
 
-    models = {"dense": mlp(nn.Linear, args.width, args.depth, device),
-              "fused": mk.convert(mlp(nn.Linear, args.width, args.depth, device), args.expansion),
-              "in place": mk.convert(mlp(NonDynamicallyQuantizableLinear, args.width, args.depth, device),
-                                     args.expansion),
-              "parametrize": parametrized(mlp(nn.Linear, args.width, args.depth, device), args.expansion)}
+    models = {
+        "dense": mlp(nn.Linear, args.width, args.depth, device),
+        "fused": mk.convert(mlp(nn.Linear, args.width, args.depth, device), args.expansion),
+        "in place": mk.convert(mlp(NonDynamicallyQuantizableLinear, args.width, args.depth, device), args.expansion),
+        "parametrize": parametrized(mlp(nn.Linear, args.width, args.depth, device), args.expansion),
+    }
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
     x = torch.randn(args.batch, args.width, device=device)
 
@@ -87,20 +88,24 @@ def main() -> None:
             optimizers[name].zero_grad(set_to_none=True)
             models[name](x).square().mean().backward()
             optimizers[name].step()
+
         return run
 
     samples = time_interleaved({name: step(name) for name in models}, device, warmup=3, repeats=args.repeats)
     medians = {name: statistics.median(times) for name, times in samples.items()}
-    lines = ["# In-place expansion against the fused MK layer: training step of an MLP",
-             "",
-             f"{args.depth} layers of {args.width}×{args.width}, batch {args.batch}, e = {args.expansion}, float32, "
-             f"AdamW; {machine(device)}; torch {torch.__version__}; median of {args.repeats} interleaved rounds.",
-             "",
-             "| model | step, ms | × dense | × fused |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        "# In-place expansion against the fused MK layer: training step of an MLP",
+        "",
+        f"{args.depth} layers of {args.width}×{args.width}, batch {args.batch}, e = {args.expansion}, float32, "
+        f"AdamW; {machine(device)}; torch {torch.__version__}; median of {args.repeats} interleaved rounds.",
+        "",
+        "| model | step, ms | × dense | × fused |",
+        "|---|---:|---:|---:|",
+    ]
     for name, median in medians.items():
-        lines.append(f"| {name} | {1e3 * median:.2f} | {median / medians['dense']:.2f} | "
-                     f"{median / medians['fused']:.2f} |")
+        lines.append(
+            f"| {name} | {1e3 * median:.2f} | {median / medians['dense']:.2f} | {median / medians['fused']:.2f} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output:

@@ -59,8 +59,10 @@ def _images(size: int = 32, batch: int = 8) -> torch.Tensor:
 def _hf(model_class: str, config_class: str, **config) -> Callable[[int], nn.Module]:
     def build(seed: int) -> nn.Module:
         import transformers
+
         torch.manual_seed(seed)
         return getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
+
     return build
 
 
@@ -94,8 +96,15 @@ def _image_batch(size: int = 32) -> Callable[[], dict]:
 
 def _transformer(seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Transformer(d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=48,
-                          dropout=0.0, batch_first=True)
+    return nn.Transformer(
+        d_model=32,
+        nhead=4,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        dim_feedforward=48,
+        dropout=0.0,
+        batch_first=True,
+    )
 
 
 def _transformer_batch() -> dict:
@@ -110,45 +119,132 @@ def _transformer_outputs(model: nn.Module, batch: dict) -> torch.Tensor:
 def _timm(name: str, **kwargs) -> Callable[[int], nn.Module]:
     def build(seed: int) -> nn.Module:
         import timm
+
         torch.manual_seed(seed)
         return timm.create_model(name, pretrained=False, num_classes=5, **kwargs)
+
     return build
 
 
 _TINY_TEXT = dict(vocab_size=97, hidden_size=32, num_attention_heads=4, intermediate_size=48)
 CASES: list[Case] = [
-    Case("bert", "transformers",
-         _hf("BertForMaskedLM", "BertConfig", num_hidden_layers=2, max_position_embeddings=32,
-             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **_TINY_TEXT),
-         _lm_batch(97), _hf_loss, _hf_logits),
-    Case("gpt2", "transformers",
-         _hf("GPT2LMHeadModel", "GPT2Config", vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=32,
-             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
-         _lm_batch(97), _hf_loss, _hf_logits),
-    Case("llama", "transformers",
-         _hf("LlamaForCausalLM", "LlamaConfig", num_hidden_layers=2, num_key_value_heads=2,
-             max_position_embeddings=32, **_TINY_TEXT),
-         _lm_batch(97), _hf_loss, _hf_logits),
-    Case("t5", "transformers",
-         _hf("T5ForConditionalGeneration", "T5Config", vocab_size=97, d_model=32, d_kv=8, d_ff=48, num_layers=2,
-             num_heads=4, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0),
-         _lm_batch(97), _hf_loss, _hf_logits),
-    Case("vit", "transformers",
-         _hf("ViTForImageClassification", "ViTConfig", image_size=32, patch_size=8, num_labels=5,
-             num_hidden_layers=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-             **{k: v for k, v in _TINY_TEXT.items() if k != "vocab_size"}),
-         _image_batch(), _classifier_loss, _classifier_outputs),
-    Case("nn.Transformer", "torch", _transformer, _transformer_batch,
-         lambda model, batch: _transformer_outputs(model, batch).square().mean(), _transformer_outputs),
+    Case(
+        "bert",
+        "transformers",
+        _hf(
+            "BertForMaskedLM",
+            "BertConfig",
+            num_hidden_layers=2,
+            max_position_embeddings=32,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            **_TINY_TEXT,
+        ),
+        _lm_batch(97),
+        _hf_loss,
+        _hf_logits,
+    ),
+    Case(
+        "gpt2",
+        "transformers",
+        _hf(
+            "GPT2LMHeadModel",
+            "GPT2Config",
+            vocab_size=97,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=32,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        ),
+        _lm_batch(97),
+        _hf_loss,
+        _hf_logits,
+    ),
+    Case(
+        "llama",
+        "transformers",
+        _hf(
+            "LlamaForCausalLM",
+            "LlamaConfig",
+            num_hidden_layers=2,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+            **_TINY_TEXT,
+        ),
+        _lm_batch(97),
+        _hf_loss,
+        _hf_logits,
+    ),
+    Case(
+        "t5",
+        "transformers",
+        _hf(
+            "T5ForConditionalGeneration",
+            "T5Config",
+            vocab_size=97,
+            d_model=32,
+            d_kv=8,
+            d_ff=48,
+            num_layers=2,
+            num_heads=4,
+            dropout_rate=0.0,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+        ),
+        _lm_batch(97),
+        _hf_loss,
+        _hf_logits,
+    ),
+    Case(
+        "vit",
+        "transformers",
+        _hf(
+            "ViTForImageClassification",
+            "ViTConfig",
+            image_size=32,
+            patch_size=8,
+            num_labels=5,
+            num_hidden_layers=2,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            **{k: v for k, v in _TINY_TEXT.items() if k != "vocab_size"},
+        ),
+        _image_batch(),
+        _classifier_loss,
+        _classifier_outputs,
+    ),
+    Case(
+        "nn.Transformer",
+        "torch",
+        _transformer,
+        _transformer_batch,
+        lambda model, batch: _transformer_outputs(model, batch).square().mean(),
+        _transformer_outputs,
+    ),
     Case("timm resnet18", "timm", _timm("resnet18"), _image_batch(), _classifier_loss, _classifier_outputs),
-    Case("timm vit_tiny", "timm", _timm("vit_tiny_patch16_224", img_size=32, patch_size=8), _image_batch(),
-         _classifier_loss, _classifier_outputs),
-    Case("timm convnext_atto", "timm", _timm("convnext_atto"), _image_batch(), _classifier_loss,
-         _classifier_outputs),
-    Case("timm efficientnet_b0", "timm", _timm("efficientnet_b0"), _image_batch(), _classifier_loss,
-         _classifier_outputs),
-    Case("timm resnetv2_50x1_bit", "timm", _timm("resnetv2_50x1_bit"), _image_batch(), _classifier_loss,
-         _classifier_outputs),
+    Case(
+        "timm vit_tiny",
+        "timm",
+        _timm("vit_tiny_patch16_224", img_size=32, patch_size=8),
+        _image_batch(),
+        _classifier_loss,
+        _classifier_outputs,
+    ),
+    Case("timm convnext_atto", "timm", _timm("convnext_atto"), _image_batch(), _classifier_loss, _classifier_outputs),
+    Case(
+        "timm efficientnet_b0", "timm", _timm("efficientnet_b0"), _image_batch(), _classifier_loss, _classifier_outputs
+    ),
+    Case(
+        "timm resnetv2_50x1_bit",
+        "timm",
+        _timm("resnetv2_50x1_bit"),
+        _image_batch(),
+        _classifier_loss,
+        _classifier_outputs,
+    ),
 ]
 
 
@@ -157,6 +253,7 @@ def available(case: Case) -> bool:
         return False
     if case.requires == "transformers":
         import transformers
+
         return transformers.is_torch_available()
     if case.requires == "timm":
         try:
@@ -181,8 +278,14 @@ class Result:
 
     @property
     def passed(self) -> bool:
-        return (self.share >= MIN_SHARE and self.eval_difference <= 1e-5 and all(map(math.isfinite, self.losses))
-                and self.got_gradients and self.loads_strictly and self.collapsed_difference <= 1e-5)
+        return (
+            self.share >= MIN_SHARE
+            and self.eval_difference <= 1e-5
+            and all(map(math.isfinite, self.losses))
+            and self.got_gradients
+            and self.loads_strictly
+            and self.collapsed_difference <= 1e-5
+        )
 
 
 def _largest_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -209,8 +312,9 @@ def run_case(case: Case) -> Result:
         optimizer.step()
         losses.append(loss.item())
     expanded = [model.get_parameter(w.names[0]) for w in summary.converted]
-    got_gradients = bool(expanded) and all(p.grad is not None and torch.isfinite(p.grad).all() for p in expanded
-                                           if p.requires_grad)
+    got_gradients = bool(expanded) and all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in expanded if p.requires_grad
+    )
 
     model.eval()
     with torch.no_grad():
@@ -223,20 +327,33 @@ def run_case(case: Case) -> Result:
         except RuntimeError:
             loads_strictly = False
         collapsed_difference = _largest_difference(case.outputs(fresh, batch), trained)
-    return Result(case.name, sum(w.numel for w in summary.weights if not w.embedding), summary.share(),
-                  sum(w.how == "fused" for w in summary.weights), sum(w.how == "expanded" for w in summary.weights),
-                  eval_difference, losses, got_gradients, loads_strictly, collapsed_difference)
+    return Result(
+        case.name,
+        sum(w.numel for w in summary.weights if not w.embedding),
+        summary.share(),
+        sum(w.how == "fused" for w in summary.weights),
+        sum(w.how == "expanded" for w in summary.weights),
+        eval_difference,
+        losses,
+        got_gradients,
+        loads_strictly,
+        collapsed_difference,
+    )
 
 
 def table(results: list[Result]) -> str:
-    rows = ["| model | non-embedding weight elements | expanded | fused / in place | eval vs original "
-            "| train loss (3 steps) | collapse, strict load, same outputs |",
-            "|---|---:|---:|---|---:|---|---|"]
+    rows = [
+        "| model | non-embedding weight elements | expanded | fused / in place | eval vs original "
+        "| train loss (3 steps) | collapse, strict load, same outputs |",
+        "|---|---:|---:|---|---:|---|---|",
+    ]
     for r in results:
         loss = " → ".join(f"{value:.3f}" for value in (r.losses[0], r.losses[-1]))
         loaded = "yes" if r.loads_strictly and r.collapsed_difference <= 1e-5 else "**no**"
-        rows.append(f"| {r.name} | {r.weights:,} | {100 * r.share:.1f}% | {r.fused} / {r.in_place} "
-                    f"| {r.eval_difference:.1e} | {loss} | {loaded} |")
+        rows.append(
+            f"| {r.name} | {r.weights:,} | {100 * r.share:.1f}% | {r.fused} / {r.in_place} "
+            f"| {r.eval_difference:.1e} | {loss} | {loaded} |"
+        )
     return "\n".join(rows)
 
 
@@ -247,8 +364,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     chosen = [c for c in CASES if args.models is None or c.name in args.models.split(",")]
     skipped = [c.name for c in chosen if not available(c)]
     results = [run_case(c) for c in chosen if available(c)]
-    print(f"torch {torch.__version__}, e = {EXPANSION}, init=replicate, backend: "
-          f"{mk.backends.backend_for(torch.device('cpu')).name}")
+    print(
+        f"torch {torch.__version__}, e = {EXPANSION}, init=replicate, backend: "
+        f"{mk.backends.backend_for(torch.device('cpu')).name}"
+    )
     print(table(results))
     if skipped:
         print(f"\nnot run (package missing): {', '.join(skipped)}")

@@ -45,15 +45,21 @@ def sass_count(cubin: bytes) -> int:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
-        listing = subprocess.run([os.path.join(_TOOLS, "nvdisasm"), file.name], capture_output=True, text=True,
-                                 check=True).stdout
+        listing = subprocess.run(
+            [os.path.join(_TOOLS, "nvdisasm"), file.name], capture_output=True, text=True, check=True
+        ).stdout
     # NOPs pad the end of the function; they never run.
     return sum(1 for line in listing.splitlines() if _INSTRUCTION.search(line) and "NOP" not in line)
 
 
 def _elementwise(kernel, signature: dict, expansion: int, extra: dict) -> int:
-    built = build(kernel, signature, {"EXPANSION": expansion, "MATH64": False, "BLOCK": _BLOCK, **extra},
-                  num_warps=combine.NUM_WARPS, divisible=("numel",))
+    built = build(
+        kernel,
+        signature,
+        {"EXPANSION": expansion, "MATH64": False, "BLOCK": _BLOCK, **extra},
+        num_warps=combine.NUM_WARPS,
+        divisible=("numel",),
+    )
     return sass_count(built.asm["cubin"])
 
 
@@ -61,10 +67,15 @@ def elementwise_instructions(expansion: int) -> tuple:
     """(combine, scatter): SASS instructions per element of the Triton builds, training dtypes, vector path."""
     per_thread = _BLOCK // (32 * combine.NUM_WARPS)
     pointers = {"seed_ptr": "*i64", "offset": "i64", "numel": "i32"}
-    combined = _elementwise(combine.combine_kernel, {"weight_ptr": "*fp32", "out_ptr": "*bf16", **pointers},
-                            expansion, {})
-    scattered = _elementwise(scatter.scatter_kernel, {"grad_ptr": "*bf16", "out_ptr": "*fp32", **pointers},
-                             expansion, {"MODE": 0, "HAS_GRAD": True})
+    combined = _elementwise(
+        combine.combine_kernel, {"weight_ptr": "*fp32", "out_ptr": "*bf16", **pointers}, expansion, {}
+    )
+    scattered = _elementwise(
+        scatter.scatter_kernel,
+        {"grad_ptr": "*bf16", "out_ptr": "*fp32", **pointers},
+        expansion,
+        {"MODE": 0, "HAS_GRAD": True},
+    )
     return combined / per_thread, scattered / per_thread
 
 
@@ -80,14 +91,25 @@ def triton_rows() -> list:
     weights_per_thread = tile["BLOCK_P"] * tile["BLOCK_Q"] // (32 * config.num_warps)
 
     def linear_count(expansion: int) -> int:
-        built = build(linear.mixed_matmul_kernel, linear_signature("bf16", "fp32"),
-                      linear_constants(False, "ieee", tile, expansion), config.num_warps, config.num_stages,
-                      divisible=("P", "Q", "stride_aq", "stride_wq", "copy_stride"))
+        built = build(
+            linear.mixed_matmul_kernel,
+            linear_signature("bf16", "fp32"),
+            linear_constants(False, "ieee", tile, expansion),
+            config.num_warps,
+            config.num_stages,
+            divisible=("P", "Q", "stride_aq", "stride_wq", "copy_stride"),
+        )
         return sass_count(built.asm["cubin"])
 
     for expansion in (1, *EXPANSIONS):
-        rows.append(("triton", f"linear GEMM, weight tile {tile['BLOCK_P']}x{tile['BLOCK_Q']} (whole kernel)",
-                     expansion, linear_count(expansion) / weights_per_thread))
+        rows.append(
+            (
+                "triton",
+                f"linear GEMM, weight tile {tile['BLOCK_P']}x{tile['BLOCK_Q']} (whole kernel)",
+                expansion,
+                linear_count(expansion) / weights_per_thread,
+            )
+        )
     return rows
 
 
@@ -99,6 +121,7 @@ _ELEMENT_BYTES = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2}
 def installed_cuda_library():
     """The installed extension's path if it has the CUDA kernels, else None."""
     from majority_kernels import ops
+
     return importlib.util.find_spec("majority_kernels._C").origin if ops.HAS_CUDA_KERNELS else None
 
 
@@ -106,8 +129,12 @@ def cuda_rows(library) -> list:
     """Rows for the CUDA kernels in the extension library at `library` (None: no rows)."""
     if library is None:
         return []
-    listing = subprocess.run([os.path.join(_TOOLS, "cuobjdump"), "-sass", "-arch", "sm_90", library],
-                             capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        [os.path.join(_TOOLS, "cuobjdump"), "-sass", "-arch", "sm_90", library],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     demangled = subprocess.run(["c++filt"], input=listing, capture_output=True, text=True, check=True).stdout
     counts, current = {}, None
     for line in demangled.splitlines():
@@ -127,20 +154,31 @@ def cuda_rows(library) -> list:
         per_thread = 16 // _ELEMENT_BYTES["float"]
         expansion = int(fixed)
         label = f"{op} {'fp32 -> bf16' if op == 'combine' else 'bf16 -> fp32'}"
-        rows.append(("cuda", label if expansion else label + " (generic build: loops, e >= 10)", expansion or "≥10",
-                     count / per_thread))
+        rows.append(
+            (
+                "cuda",
+                label if expansion else label + " (generic build: loops, e >= 10)",
+                expansion or "≥10",
+                count / per_thread,
+            )
+        )
     return rows
 
 
 def markdown(rows: list) -> str:
-    lines = [f"# Instructions per weight element, sm_90 builds (spec {reference.SPEC_VERSION}, Triton "
-             f"{triton.__version__}, no GPU)", "",
-             "`python benchmarks/sm90_instructions.py`: static SASS instruction counts over the elements one thread "
-             "handles (see the script's docstring). Memory-bound on an H200 below about 140 at e = 4 (combine, "
-             "docs/design.md section 6). The CUDA kernels decide between 16-byte vector and element-by-element "
-             "accesses at run time, so their static count holds both paths and overstates what one element "
-             "executes.", "",
-             "| backend | kernel | e | SASS instructions / element |", "|---|---|---:|---:|"]
+    lines = [
+        f"# Instructions per weight element, sm_90 builds (spec {reference.SPEC_VERSION}, Triton "
+        f"{triton.__version__}, no GPU)",
+        "",
+        "`python benchmarks/sm90_instructions.py`: static SASS instruction counts over the elements one thread "
+        "handles (see the script's docstring). Memory-bound on an H200 below about 140 at e = 4 (combine, "
+        "docs/design.md section 6). The CUDA kernels decide between 16-byte vector and element-by-element "
+        "accesses at run time, so their static count holds both paths and overstates what one element "
+        "executes.",
+        "",
+        "| backend | kernel | e | SASS instructions / element |",
+        "|---|---|---:|---:|",
+    ]
     lines += [f"| {backend} | {kernel} | {expansion} | {value:.1f} |" for backend, kernel, expansion, value in rows]
     return "\n".join(lines) + "\n"
 
@@ -148,8 +186,10 @@ def markdown(rows: list) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", help="Markdown file to write (default: standard output)")
-    parser.add_argument("--cuda-library", help="an extension library built with the CUDA kernels to count "
-                        "(default: the installed one, if it has them)")
+    parser.add_argument(
+        "--cuda-library",
+        help="an extension library built with the CUDA kernels to count (default: the installed one, if it has them)",
+    )
     args = parser.parse_args()
     write_report(markdown(triton_rows() + cuda_rows(args.cuda_library or installed_cuda_library())), args.output)
 

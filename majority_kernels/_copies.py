@@ -11,8 +11,7 @@ import torch
 from torch import Tensor, nn
 
 
-def initial_copies(weight: Tensor, expansion: int, init: str,
-                   redraw: Optional[Callable[[], Tensor]] = None) -> Tensor:
+def initial_copies(weight: Tensor, expansion: int, init: str, redraw: Optional[Callable[[], Tensor]] = None) -> Tensor:
     """[expansion, *weight.shape]: "replicate" repeats `weight` (so the mean is weight, bit for bit); "independent"
     takes `expansion` fresh draws of `redraw()` scaled by sqrt((e + 1) / 2), so the mixed weight keeps the
     variance of one draw (a mixture of e independent draws has variance 2 / (e + 1) of one)."""
@@ -27,8 +26,10 @@ def reinitialiser(module: nn.Module, name: str) -> Callable[[], Tensor]:
     (its reset_parameters, or nn.MultiheadAttention's _reset_parameters), on a private copy of the module."""
     reset = "reset_parameters" if hasattr(module, "reset_parameters") else "_reset_parameters"
     if not hasattr(module, reset):
-        raise ValueError(f"init='independent' needs the module holding {name!r} ({type(module).__name__}) to have "
-                         f"reset_parameters(); use init='replicate' for it")
+        raise ValueError(
+            f"init='independent' needs the module holding {name!r} ({type(module).__name__}) to have "
+            f"reset_parameters(); use init='replicate' for it"
+        )
     template = copy.deepcopy(module)
 
     def redraw() -> Tensor:
@@ -45,8 +46,12 @@ def copies_of(module: nn.Module, name: str, expansion: int, init: str) -> Tensor
     return initial_copies(module._parameters[name], expansion, init, redraw)
 
 
-def apply_to_copies(module: nn.Module, names: Iterable[str], fn: Callable[[Tensor], Tensor],
-                    apply: Callable[[Callable[[Tensor], Tensor]], nn.Module]) -> nn.Module:
+def apply_to_copies(
+    module: nn.Module,
+    names: Iterable[str],
+    fn: Callable[[Tensor], Tensor],
+    apply: Callable[[Callable[[Tensor], Tensor]], nn.Module],
+) -> nn.Module:
     """`apply(fn')`, Module._apply with `fn` changed for the copies of the expanded parameters `names` (and their
     gradients): fn sees them one copy after another, as the dense weight, so a memory format for 4-D or 5-D tensors
     (`.to(memory_format=torch.channels_last)`) neither fails on the extra dimension nor reads it as a channel. The

@@ -52,7 +52,8 @@ def remembered_weight(ctx) -> Optional[Tensor]:
             f"one of the variables needed for gradient computation has been modified by an inplace operation: "
             f"[{weight.type()} {list(weight.shape)}] (an expanded majority-kernels weight) is at version "
             f"{weight._version}; expected version {ctx.expanded_weight_version} instead. Modify the weights only "
-            f"after the backward (e.g. in optimizer.step()).")
+            f"after the backward (e.g. in optimizer.step())."
+        )
     return weight
 
 
@@ -105,9 +106,16 @@ def _in_place_target(weight: Tensor, dtypes: Optional[tuple[torch.dtype, ...]]) 
     """weight.grad if the backward's gradient can be added into it in place: a plain contiguous tensor of weight's
     shape, dtype and device (one of `dtypes`, where the op adds only those) that is not itself differentiable."""
     grad = weight.grad
-    if (grad is None or grad.layout != torch.strided or not grad.is_contiguous() or grad.shape != weight.shape
-            or grad.dtype != weight.dtype or grad.device != weight.device or grad.requires_grad
-            or (dtypes is not None and grad.dtype not in dtypes)):
+    if (
+        grad is None
+        or grad.layout != torch.strided
+        or not grad.is_contiguous()
+        or grad.shape != weight.shape
+        or grad.dtype != weight.dtype
+        or grad.device != weight.device
+        or grad.requires_grad
+        or (dtypes is not None and grad.dtype not in dtypes)
+    ):
         return None
     return grad
 
@@ -117,15 +125,24 @@ def _accumulated(weight: Tensor) -> Tensor:
     return torch.zeros((), dtype=weight.dtype, device=weight.device).expand(weight.shape)
 
 
-def copies_gradient(weight: Optional[Tensor], add_into: Callable[[Tensor], object], compute: Callable[[], Tensor],
-                    dtypes: Optional[tuple[torch.dtype, ...]] = None) -> Tensor:
+def copies_gradient(
+    weight: Optional[Tensor],
+    add_into: Callable[[Tensor], object],
+    compute: Callable[[], Tensor],
+    dtypes: Optional[tuple[torch.dtype, ...]] = None,
+) -> Tensor:
     """The expanded weight's gradient for a backward to return. When a `.backward()` adds it into the `.grad` of
     the eager leaf `weight` (outside create_graph, whose .grad must not be mutated, and outside torch.compile's
     tracing), no other thread's backward is writing that `.grad`, and it has one the op can add into (`dtypes`:
     the dtypes add_into supports, None for all), add_into(weight.grad) adds it in place and the memoryless zero is
     returned; otherwise compute() makes it."""
-    if (weight is None or torch.compiler.is_compiling() or torch.is_grad_enabled() or not weight.is_leaf
-            or not _will_accumulate(weight)):
+    if (
+        weight is None
+        or torch.compiler.is_compiling()
+        or torch.is_grad_enabled()
+        or not weight.is_leaf
+        or not _will_accumulate(weight)
+    ):
         return compute()
     with _sole_writer(weight) as alone:
         target = _in_place_target(weight, dtypes) if alone else None

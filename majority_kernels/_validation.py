@@ -43,15 +43,16 @@ def check_shape(shape: object, expansion: int) -> tuple[int, ...]:
 def check_numel(expansion: int, numel: int, what: str) -> None:
     """The [expansion, *what] tensor must have < 2^63 elements (int64, as torch counts them)."""
     if expansion * numel >= SIZE_LIMIT:
-        raise ValueError(f"expansion {expansion} times numel {numel} of {what} is {expansion * numel} elements, "
-                         f"past int64 (must be < 2^63)")
+        raise ValueError(
+            f"expansion {expansion} times numel {numel} of {what} is {expansion * numel} elements, "
+            f"past int64 (must be < 2^63)"
+        )
 
 
 def check_float_dtype(dtype: object, name: str) -> torch.dtype:
     """A torch.dtype the kernels compute in (float8 and other floats have no kernels)."""
     if not isinstance(dtype, torch.dtype) or dtype not in FLOATS:
-        raise TypeError(f"{name} must be a torch.dtype out of {_FLOAT_NAMES}, got {type(dtype).__name__} "
-                        f"{dtype!r}")
+        raise TypeError(f"{name} must be a torch.dtype out of {_FLOAT_NAMES}, got {type(dtype).__name__} {dtype!r}")
     return dtype
 
 
@@ -65,13 +66,16 @@ def check_layer_types(layer_types: object) -> tuple[type, ...]:
     """convert's layer_types as a tuple of torch.nn.Module subclasses: one class alone, or an iterable of them."""
     types = (layer_types,) if isinstance(layer_types, type) else layer_types
     if isinstance(types, (str, bytes)) or not hasattr(types, "__iter__"):
-        raise TypeError(f"layer_types must be a module class or an iterable of them, got "
-                        f"{type(layer_types).__name__} {layer_types!r}")
+        raise TypeError(
+            f"layer_types must be a module class or an iterable of them, got "
+            f"{type(layer_types).__name__} {layer_types!r}"
+        )
     types = tuple(types)
     not_modules = [t for t in types if not (isinstance(t, type) and issubclass(t, torch.nn.Module))]
     if not_modules or not types:
-        raise TypeError(f"layer_types must hold torch.nn.Module classes (e.g. torch.nn.Linear), got "
-                        f"{not_modules or 'nothing'!r}")
+        raise TypeError(
+            f"layer_types must hold torch.nn.Module classes (e.g. torch.nn.Linear), got {not_modules or 'nothing'!r}"
+        )
     return types
 
 
@@ -81,11 +85,15 @@ def check_exclude(exclude: object) -> tuple:
     if not hasattr(items, "__iter__"):
         raise TypeError(f"exclude must be names or module classes, got {type(exclude).__name__} {exclude!r}")
     items = tuple(items)
-    wrong = [item for item in items
-             if not (isinstance(item, str) or isinstance(item, type) and issubclass(item, torch.nn.Module))]
+    wrong = [
+        item
+        for item in items
+        if not (isinstance(item, str) or isinstance(item, type) and issubclass(item, torch.nn.Module))
+    ]
     if wrong:
-        raise TypeError(f"exclude must hold qualified parameter or module names (str) or torch.nn.Module "
-                        f"classes, got {wrong!r}")
+        raise TypeError(
+            f"exclude must hold qualified parameter or module names (str) or torch.nn.Module classes, got {wrong!r}"
+        )
     return items
 
 
@@ -105,8 +113,9 @@ def seed_tensor(seed: object, device: torch.device) -> Tensor:
     there: moving it would be a hidden copy (and a host sync for a GPU seed read on the CPU)."""
     if isinstance(seed, Tensor):
         if seed.dtype != torch.int64 or seed.numel() != 1:
-            raise TypeError(f"seed tensor must hold one int64 value, got dtype {seed.dtype} and shape "
-                            f"{tuple(seed.shape)}")
+            raise TypeError(
+                f"seed tensor must hold one int64 value, got dtype {seed.dtype} and shape {tuple(seed.shape)}"
+            )
         if seed.device != device:
             raise ValueError(f"seed tensor must be on the weight's device {device}, got {seed.device}")
         # Eager CPU values are checked here; others where the kernel reads them (no device sync here).
@@ -150,8 +159,10 @@ def check_accumulate_into(target: object, grad: Tensor, expansion: int) -> Tenso
     if not target.is_contiguous():
         raise ValueError("accumulate_into must be contiguous (it is updated in place)")
     if target.is_leaf and target.requires_grad:
-        raise ValueError("accumulate_into must not be a leaf tensor that requires grad: it is updated in place, "
-                         "outside autograd (pass a tensor that does not require grad, such as a parameter's .grad)")
+        raise ValueError(
+            "accumulate_into must not be a leaf tensor that requires grad: it is updated in place, "
+            "outside autograd (pass a tensor that does not require grad, such as a parameter's .grad)"
+        )
     if _overlap(target, grad):
         raise ValueError("accumulate_into must not share memory with grad (it is written while grad is read)")
     return target
@@ -176,10 +187,15 @@ def check_expanded_weight(weight: object, dense_dims: int, layout: str) -> Tenso
     """weight must be [expansion, *dense weight shape] with dense_dims dense dimensions."""
     weight = check_floating(weight, "weight")
     if weight.dim() != dense_dims + 1:
-        hint = (" (a dense weight without the expansion dimension? use weight.unsqueeze(0) for expansion 1)"
-                if weight.dim() == dense_dims else "")
-        raise ValueError(f"weight must have shape {layout}, {dense_dims + 1}-D with the expansion dimension first; "
-                         f"got shape {tuple(weight.shape)}{hint}")
+        hint = (
+            " (a dense weight without the expansion dimension? use weight.unsqueeze(0) for expansion 1)"
+            if weight.dim() == dense_dims
+            else ""
+        )
+        raise ValueError(
+            f"weight must have shape {layout}, {dense_dims + 1}-D with the expansion dimension first; "
+            f"got shape {tuple(weight.shape)}{hint}"
+        )
     if weight.shape[0] < 1:
         raise ValueError(f"weight's expansion dimension must be >= 1, got shape {tuple(weight.shape)}")
     return weight
@@ -193,15 +209,18 @@ def compute_dtype(input: Tensor, weight: Tensor) -> torch.dtype:
     if device_type != "meta" and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     if input.dtype != weight.dtype:
-        raise TypeError(f"input and weight must have the same dtype, got input {input.dtype} and weight "
-                        f"{weight.dtype} (or run under torch.autocast)")
+        raise TypeError(
+            f"input and weight must have the same dtype, got input {input.dtype} and weight "
+            f"{weight.dtype} (or run under torch.autocast)"
+        )
     return weight.dtype
 
 
 def check_same_device(input: Tensor, weight: Tensor, bias: Tensor | None) -> None:
     if input.device != weight.device:
-        raise ValueError(f"input and weight must be on the same device, got input on {input.device} and weight "
-                         f"on {weight.device}")
+        raise ValueError(
+            f"input and weight must be on the same device, got input on {input.device} and weight on {weight.device}"
+        )
     if bias is not None and bias.device != weight.device:
         raise ValueError(f"bias must be on weight's device {weight.device}, got {bias.device}")
 
@@ -227,12 +246,16 @@ def check_indices(indices: object, num_embeddings: int, weight: Tensor) -> Tenso
     if indices.device.type == "cpu" and indices.numel() > 0 and not torch.compiler.is_compiling():
         bad = (indices < 0) | (indices >= num_embeddings)
         if bool(bad.any()):
-            raise IndexError(f"input holds index {int(indices[bad][0])}, out of range for an embedding table of "
-                             f"{num_embeddings} rows")
+            raise IndexError(
+                f"input holds index {int(indices[bad][0])}, out of range for an embedding table of "
+                f"{num_embeddings} rows"
+            )
     elif indices.device.type == "cuda" and indices.numel() > 0:
         # No host sync on a GPU: a device-side assert, the error nn.Embedding gives there too.
-        torch._assert_async(((indices >= 0) & (indices < num_embeddings)).all(),
-                            "majority_embedding: an index is out of range for the embedding table")
+        torch._assert_async(
+            ((indices >= 0) & (indices < num_embeddings)).all(),
+            "majority_embedding: an index is out of range for the embedding table",
+        )
     return indices
 
 
@@ -243,6 +266,8 @@ def check_padding_idx(padding_idx: object, num_embeddings: int) -> int | None:
     if isinstance(padding_idx, bool) or not isinstance(padding_idx, numbers.Integral):
         raise TypeError(f"padding_idx must be an int or None, got {type(padding_idx).__name__} {padding_idx!r}")
     if not -num_embeddings <= padding_idx < num_embeddings:
-        raise ValueError(f"padding_idx must lie in [-{num_embeddings}, {num_embeddings}) (num_embeddings = "
-                         f"{num_embeddings}), got {padding_idx}")
+        raise ValueError(
+            f"padding_idx must lie in [-{num_embeddings}, {num_embeddings}) (num_embeddings = "
+            f"{num_embeddings}), got {padding_idx}"
+        )
     return int(padding_idx) % num_embeddings

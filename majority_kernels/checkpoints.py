@@ -43,9 +43,10 @@ def mark_expanded(module: nn.Module, names: Iterable[str]) -> list[RemovableHand
     """Make `module`'s state_dict record its expanded parameters `names`, and its load_state_dict accept the dense
     weight for each of them; returns the hooks' handles."""
     names = tuple(names)
-    return [module._register_state_dict_hook(functools.partial(_record_expanded, names)),
-            module._register_load_state_dict_pre_hook(functools.partial(_expand_dense_entries, names),
-                                                      with_module=True)]
+    return [
+        module._register_state_dict_hook(functools.partial(_record_expanded, names)),
+        module._register_load_state_dict_pre_hook(functools.partial(_expand_dense_entries, names), with_module=True),
+    ]
 
 
 def dense_state_dict(state_dict: Mapping[str, Tensor]) -> OrderedDict[str, Tensor]:
@@ -57,9 +58,11 @@ def dense_state_dict(state_dict: Mapping[str, Tensor]) -> OrderedDict[str, Tenso
     weights and raises a ValueError."""
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is None:
-        raise ValueError("dense_state_dict needs the state_dict's _metadata, which records the expanded weights: "
-                         "pass model.state_dict() (or what torch.load returns for it), not a copy into a plain dict "
-                         "or a safetensors file")
+        raise ValueError(
+            "dense_state_dict needs the state_dict's _metadata, which records the expanded weights: "
+            "pass model.state_dict() (or what torch.load returns for it), not a copy into a plain dict "
+            "or a safetensors file"
+        )
     dense = OrderedDict(state_dict)
     dense._metadata = copy.deepcopy(metadata)
     means: dict[int, Tensor] = {}  # id(copies) -> their mean: tied entries share one tensor
@@ -70,8 +73,9 @@ def dense_state_dict(state_dict: Mapping[str, Tensor]) -> OrderedDict[str, Tenso
                 continue
             copies = dense[key]
             if copies.dim() < 1 or copies.shape[0] != expansion:
-                raise ValueError(f"dense_state_dict: {key!r} is recorded with {expansion} copies but has shape "
-                                 f"{tuple(copies.shape)}")
+                raise ValueError(
+                    f"dense_state_dict: {key!r} is recorded with {expansion} copies but has shape {tuple(copies.shape)}"
+                )
             if id(copies) not in means:
                 with torch.no_grad():
                     means[id(copies)] = mean_of_copies(copies.detach())

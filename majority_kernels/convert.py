@@ -76,9 +76,11 @@ class ConversionSummary:
         fused = sum(w.how == "fused" for w in self.weights)
         expanded = sum(w.how == "expanded" for w in self.weights)
         reasons = sorted({w.detail for w in self.dense})
-        text = (f"convert (expansion {self.expansion}): {fused} weights in fused MK layers, {expanded} expanded in "
-                f"place, {len(self.dense)} left dense; {100 * self.share():.1f}% of non-embedding weight elements "
-                f"expanded")
+        text = (
+            f"convert (expansion {self.expansion}): {fused} weights in fused MK layers, {expanded} expanded in "
+            f"place, {len(self.dense)} left dense; {100 * self.share():.1f}% of non-embedding weight elements "
+            f"expanded"
+        )
         return text + (f" (dense: {'; '.join(reasons)})" if reasons else "")
 
     def __str__(self) -> str:
@@ -172,11 +174,17 @@ def _matches(exclusions: tuple, use: _Use) -> bool:
     return False
 
 
-def convert(module: nn.Module, expansion: int = 4, *, init: str = "replicate",
-            layer_types: Optional[Union[type[nn.Module], Iterable[type[nn.Module]]]] = None,
-            filter: Optional[Callable[[str, nn.Module], bool]] = None,
-            exclude: Iterable[Union[str, type[nn.Module]]] = (), embeddings: bool = False,
-            return_summary: bool = False) -> Union[nn.Module, tuple[nn.Module, ConversionSummary]]:
+def convert(
+    module: nn.Module,
+    expansion: int = 4,
+    *,
+    init: str = "replicate",
+    layer_types: Optional[Union[type[nn.Module], Iterable[type[nn.Module]]]] = None,
+    filter: Optional[Callable[[str, nn.Module], bool]] = None,
+    exclude: Iterable[Union[str, type[nn.Module]]] = (),
+    embeddings: bool = False,
+    return_summary: bool = False,
+) -> Union[nn.Module, tuple[nn.Module, ConversionSummary]]:
     """Expand, in place, every weight of `module` into `expansion` copies mixed afresh on every training forward
     (the mean in eval mode); returns `module` (or the MK layer that replaces it), and with return_summary=True
     also a ConversionSummary of what was expanded and what stayed dense, and why (the same line is logged on the
@@ -202,24 +210,34 @@ def convert(module: nn.Module, expansion: int = 4, *, init: str = "replicate",
 
     for name, layer in module.named_modules():
         if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():
-            raise ValueError(f"convert found the uninitialised lazy layer {name or type(layer).__name__!r}; run a "
-                             "forward through the model first so that its shape is known")
+            raise ValueError(
+                f"convert found the uninitialised lazy layer {name or type(layer).__name__!r}; run a "
+                "forward through the model first so that its shape is known"
+            )
 
     summary = ConversionSummary(expansion)
     fused: dict[int, nn.Module] = {}  # id(dense layer) -> the layer, to become its MK layer
     in_place: list[tuple[nn.Parameter, list[tuple[_Use, tuple[str, nn.Module]]]]] = []
     for param, uses in _uses_of_weights(module).values():
         names = tuple(use.qualified for use in uses)
-        is_embedding = any(isinstance(use.holder, EMBEDDING_TYPES) or _EMBEDDING_NAME.search(use.name)
-                           for use in uses)
+        is_embedding = any(isinstance(use.holder, EMBEDDING_TYPES) or _EMBEDDING_NAME.search(use.name) for use in uses)
         existing = {_existing_expansion(use.holder, use.name) for use in uses} - {None}
         if existing:
             if existing != {expansion}:
-                raise ValueError(f"convert: {names[0]!r} is already expanded with expansion "
-                                 f"{sorted(existing)[0]}, not {expansion}; collapse the model first to convert it "
-                                 f"with another expansion")
-            summary.weights.append(WeightRecord(names, param[0].numel(), is_embedding, "fused" if isinstance(
-                uses[0].holder, _MKLayer) else "expanded", "expanded before"))
+                raise ValueError(
+                    f"convert: {names[0]!r} is already expanded with expansion "
+                    f"{sorted(existing)[0]}, not {expansion}; collapse the model first to convert it "
+                    f"with another expansion"
+                )
+            summary.weights.append(
+                WeightRecord(
+                    names,
+                    param[0].numel(),
+                    is_embedding,
+                    "fused" if isinstance(uses[0].holder, _MKLayer) else "expanded",
+                    "expanded before",
+                )
+            )
             continue
         reason = None
         if is_embedding and not embeddings:
@@ -245,13 +263,18 @@ def convert(module: nn.Module, expansion: int = 4, *, init: str = "replicate",
                 placements.append((use, reader or (use.module_name, use.holder)))
         in_place.append((param, placements))
         how = "fused" if all(owner is None for _, owner in placements) else "expanded"
-        details = sorted({f"MK layer of {type(use.holder).__name__}" if owner is None else
-                          f"at {owner[0] or 'the root'} ({type(owner[1]).__name__})" for use, owner in placements})
+        details = sorted(
+            {
+                f"MK layer of {type(use.holder).__name__}"
+                if owner is None
+                else f"at {owner[0] or 'the root'} ({type(owner[1]).__name__})"
+                for use, owner in placements
+            }
+        )
         summary.weights.append(WeightRecord(names, param.numel(), is_embedding, how, "; ".join(details)))
 
     # Everything that can fail (MK layers refusing options, independent init without reset_parameters) first.
-    replacements = {key: MK_LAYERS[type(layer)].from_dense(layer, expansion, init)
-                    for key, layer in fused.items()}
+    replacements = {key: MK_LAYERS[type(layer)].from_dense(layer, expansion, init) for key, layer in fused.items()}
     copies_by_weight: dict[int, nn.Parameter] = {}  # id(dense weight) -> its copies, shared by every use
     for param, placements in in_place:
         for use, owner in placements:
@@ -270,9 +293,8 @@ def convert(module: nn.Module, expansion: int = 4, *, init: str = "replicate",
                 continue
             owner_name, owner_module = owner
             adopt_copies(use.holder, use.name, copies, init)
-            path = use.qualified[len(owner_name) + 1:] if owner_name else use.qualified
-            slots_by_owner.setdefault(id(owner_module), (owner_module, []))[1].append(Slot(use.holder, use.name,
-                                                                                           path))
+            path = use.qualified[len(owner_name) + 1 :] if owner_name else use.qualified
+            slots_by_owner.setdefault(id(owner_module), (owner_module, []))[1].append(Slot(use.holder, use.name, path))
     for owner_module, slots in slots_by_owner.values():
         bind(owner_module, slots, expansion)
     result = _replace_modules(module, lambda name, layer: replacements.get(id(layer)))

@@ -138,8 +138,9 @@ def holder_inits(holder: nn.Module) -> dict[str, str]:
 
 
 def _apply_expanded(holder: nn.Module, fn, recurse: bool = True) -> nn.Module:
-    return apply_to_copies(holder, holder_inits(holder), fn,
-                           lambda per_copy: type(holder)._apply(holder, per_copy, recurse))
+    return apply_to_copies(
+        holder, holder_inits(holder), fn, lambda per_copy: type(holder)._apply(holder, per_copy, recurse)
+    )
 
 
 def _reset_expanded(holder: nn.Module) -> None:
@@ -186,8 +187,7 @@ def drop_copies(holder: nn.Module, name: str, dense: nn.Parameter) -> None:
 
 def expanded_copies(holder: nn.Module, name: str, expansion: int, init: str) -> nn.Parameter:
     """The copies of `holder`'s parameter `name` as a new Parameter."""
-    return nn.Parameter(copies_of(holder, name, expansion, init),
-                        requires_grad=holder._parameters[name].requires_grad)
+    return nn.Parameter(copies_of(holder, name, expansion, init), requires_grad=holder._parameters[name].requires_grad)
 
 
 def _expanded_forward(owner: nn.Module, *args, **kwargs) -> object:
@@ -202,8 +202,10 @@ def mean_parameters() -> Callable[[nn.Parameter], nn.Parameter]:
     def dense_weight(copies: nn.Parameter) -> nn.Parameter:
         if id(copies) not in made:
             with torch.no_grad():
-                made[id(copies)] = copies, nn.Parameter(mean_of_copies(copies.detach()),
-                                                        requires_grad=copies.requires_grad)
+                made[id(copies)] = (
+                    copies,
+                    nn.Parameter(mean_of_copies(copies.detach()), requires_grad=copies.requires_grad),
+                )
         return made[id(copies)][1]
 
     return dense_weight
@@ -240,8 +242,9 @@ def _resolve(owner: nn.Module, path: str) -> tuple[nn.Module, str]:
     return holder, name
 
 
-def expand_parameters(owner: nn.Module, names: Iterable[str], expansion: int = 4, *,
-                      init: str = "replicate") -> nn.Module:
+def expand_parameters(
+    owner: nn.Module, names: Iterable[str], expansion: int = 4, *, init: str = "replicate"
+) -> nn.Module:
     """Expand, in place, the parameters `names` (dotted paths relative to `owner`, e.g. "weight" or
     "proj.weight") into `expansion` copies mixed once per forward of `owner`, whose forward reads them; returns
     `owner`. Use it for modules `convert` does not cover, or to bind a submodule's weight at the module that reads
@@ -253,8 +256,10 @@ def expand_parameters(owner: nn.Module, names: Iterable[str], expansion: int = 4
         names = [names]
     record = owner_record(owner)
     if record is not None and record.expansion != expansion:
-        raise ValueError(f"expand_parameters: {type(owner).__name__} already has weights expanded with expansion "
-                         f"{record.expansion}, not {expansion}; collapse it first")
+        raise ValueError(
+            f"expand_parameters: {type(owner).__name__} already has weights expanded with expansion "
+            f"{record.expansion}, not {expansion}; collapse it first"
+        )
     resolved = [(path, *_resolve(owner, path)) for path in names]
     for path, holder, name in resolved:
         check.check_floating(holder._parameters[name], f"parameter {path!r}")

@@ -34,16 +34,27 @@ def draw_seed(weight: Tensor, input: Optional[Tensor] = None) -> Tensor:
     return torch.ops.majority_kernels.draw_seed(weight, input)
 
 
-def mixing_weights(expansion: int, shape: Union[int, Sequence[int]], seed: Seed, offset: int = 0, *,
-                   device: Optional[torch.device | str] = None, dtype: torch.dtype = torch.float32) -> Tensor:
+def mixing_weights(
+    expansion: int,
+    shape: Union[int, Sequence[int]],
+    seed: Seed,
+    offset: int = 0,
+    *,
+    device: Optional[torch.device | str] = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """P of shape [expansion, *shape], materialised (for tests and inspection; the kernels never do this)."""
     expansion = check.check_expansion(expansion)
     shape = check.check_shape(shape, expansion)
     dtype = check.check_float_dtype(dtype, "dtype")
-    device = torch.device(device) if device is not None else (
-        seed.device if isinstance(seed, Tensor) else torch.device("cpu"))
-    p = backend_for(device).mixing_weights(check.seed_tensor(seed, device), check.signed_offset(offset),
-                                           expansion, math.prod(shape))
+    device = (
+        torch.device(device)
+        if device is not None
+        else (seed.device if isinstance(seed, Tensor) else torch.device("cpu"))
+    )
+    p = backend_for(device).mixing_weights(
+        check.seed_tensor(seed, device), check.signed_offset(offset), expansion, math.prod(shape)
+    )
     return p.to(dtype).view(expansion, *shape)
 
 
@@ -54,16 +65,25 @@ def combine(weight: Tensor, seed: Seed, offset: int = 0, *, out_dtype: Optional[
     """
     weight = check.check_floating(weight, "weight")
     if weight.dim() < 1 or weight.shape[0] < 1:
-        raise ValueError(f"weight must have a leading expansion dimension of size >= 1, got shape "
-                         f"{tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must have a leading expansion dimension of size >= 1, got shape {tuple(weight.shape)}"
+        )
     if out_dtype is not None:
         check.check_float_dtype(out_dtype, "out_dtype")
-    return backend_for(weight.device).combine(weight, check.seed_tensor(seed, weight.device),
-                                              check.signed_offset(offset), out_dtype)
+    return backend_for(weight.device).combine(
+        weight, check.seed_tensor(seed, weight.device), check.signed_offset(offset), out_dtype
+    )
 
 
-def scatter(grad: Tensor, seed: Seed, offset: int, expansion: int, *,
-            accumulate_into: Optional[Tensor] = None, out_dtype: Optional[torch.dtype] = None) -> Tensor:
+def scatter(
+    grad: Tensor,
+    seed: Seed,
+    offset: int,
+    expansion: int,
+    *,
+    accumulate_into: Optional[Tensor] = None,
+    out_dtype: Optional[torch.dtype] = None,
+) -> Tensor:
     """Every copy's gradient P_k * grad, shape [expansion, *grad.shape].
 
     With `accumulate_into` (an existing [expansion, *grad.shape] gradient) it is added in place, with no temporary
@@ -89,69 +109,120 @@ def _mixed_weight(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: S
     return combine(weight, seed, offset, out_dtype=out_dtype)
 
 
-def majority_linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, seed: Seed,
-                    offset: int = 0) -> Tensor:
+def majority_linear(
+    input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, seed: Seed, offset: int = 0
+) -> Tensor:
     """F.linear(input, combine(weight, seed, offset), bias) for weight [expansion, out_features, in_features]."""
     weight = check.check_expanded_weight(weight, 2, "[expansion, out_features, in_features]")
     bias = check.check_bias(bias, weight.shape[1])
     check.check_floating(input, "input")
     if input.dim() < 1 or input.shape[-1] != weight.shape[2]:
-        raise ValueError(f"input's last dimension must equal in_features = {weight.shape[2]}, got input of shape "
-                         f"{tuple(input.shape)}")
+        raise ValueError(
+            f"input's last dimension must equal in_features = {weight.shape[2]}, got input of shape "
+            f"{tuple(input.shape)}"
+        )
     check.check_same_device(input, weight, bias)
     backend = backend_for(weight.device)
     if backend.linear is not None:  # the backend's own paths (fused GEMMs), chosen by shape
-        return backend.linear(input, weight, bias, check.seed_tensor(seed, weight.device),
-                              check.signed_offset(offset), check.compute_dtype(input, weight))
+        return backend.linear(
+            input,
+            weight,
+            bias,
+            check.seed_tensor(seed, weight.device),
+            check.signed_offset(offset),
+            check.compute_dtype(input, weight),
+        )
     return F.linear(input, _mixed_weight(input, weight, bias, seed, offset), bias)
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def _majority_conv(dims: int, input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: IntOrTuple,
-                   padding: Union[IntOrTuple, str], dilation: IntOrTuple, groups: int, seed: Seed,
-                   offset: int) -> Tensor:
+def _majority_conv(
+    dims: int,
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: IntOrTuple,
+    padding: Union[IntOrTuple, str],
+    dilation: IntOrTuple,
+    groups: int,
+    seed: Seed,
+    offset: int,
+) -> Tensor:
     spatial = ", ".join(f"k{d}" for d in range(dims))
     weight = check.check_expanded_weight(
-        weight, dims + 2, f"[expansion, out_channels, in_channels / groups, {spatial}]")
+        weight, dims + 2, f"[expansion, out_channels, in_channels / groups, {spatial}]"
+    )
     bias = check.check_bias(bias, weight.shape[1])
     check.check_floating(input, "input")
     if input.dim() not in (dims + 1, dims + 2):
-        raise ValueError(f"conv{dims}d input must be {dims + 2}-D (batched) or {dims + 1}-D (unbatched), got shape "
-                         f"{tuple(input.shape)}")
+        raise ValueError(
+            f"conv{dims}d input must be {dims + 2}-D (batched) or {dims + 1}-D (unbatched), got shape "
+            f"{tuple(input.shape)}"
+        )
     channels = input.shape[-dims - 1]
     if channels != weight.shape[2] * groups:
-        raise ValueError(f"input has {channels} channels but weight expects in_channels / groups * groups = "
-                         f"{weight.shape[2]} * {groups}; input shape {tuple(input.shape)}, weight shape "
-                         f"{tuple(weight.shape)}")
+        raise ValueError(
+            f"input has {channels} channels but weight expects in_channels / groups * groups = "
+            f"{weight.shape[2]} * {groups}; input shape {tuple(input.shape)}, weight shape "
+            f"{tuple(weight.shape)}"
+        )
     mixed = _mixed_weight(input, weight, bias, seed, offset)
     return _CONV[dims](input, mixed, bias, stride, padding, dilation, groups)
 
 
-def majority_conv1d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrTuple = 1,
-                    padding: Union[IntOrTuple, str] = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
-                    seed: Seed, offset: int = 0) -> Tensor:
+def majority_conv1d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: IntOrTuple = 1,
+    padding: Union[IntOrTuple, str] = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    *,
+    seed: Seed,
+    offset: int = 0,
+) -> Tensor:
     """F.conv1d with the mixed kernel of weight [expansion, out_channels, in_channels / groups, k]."""
     return _majority_conv(1, input, weight, bias, stride, padding, dilation, groups, seed, offset)
 
 
-def majority_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrTuple = 1,
-                    padding: Union[IntOrTuple, str] = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
-                    seed: Seed, offset: int = 0) -> Tensor:
+def majority_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: IntOrTuple = 1,
+    padding: Union[IntOrTuple, str] = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    *,
+    seed: Seed,
+    offset: int = 0,
+) -> Tensor:
     """F.conv2d with the mixed kernel of weight [expansion, out_channels, in_channels / groups, kh, kw]."""
     return _majority_conv(2, input, weight, bias, stride, padding, dilation, groups, seed, offset)
 
 
-def majority_conv3d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrTuple = 1,
-                    padding: Union[IntOrTuple, str] = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
-                    seed: Seed, offset: int = 0) -> Tensor:
+def majority_conv3d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: IntOrTuple = 1,
+    padding: Union[IntOrTuple, str] = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    *,
+    seed: Seed,
+    offset: int = 0,
+) -> Tensor:
     """F.conv3d with the mixed kernel of weight [expansion, out_channels, in_channels / groups, kd, kh, kw]."""
     return _majority_conv(3, input, weight, bias, stride, padding, dilation, groups, seed, offset)
 
 
-def majority_embedding(input: Tensor, weight: Tensor, padding_idx: Optional[int] = None, *, seed: Seed,
-                       offset: int = 0) -> Tensor:
+def majority_embedding(
+    input: Tensor, weight: Tensor, padding_idx: Optional[int] = None, *, seed: Seed, offset: int = 0
+) -> Tensor:
     """F.embedding(input, combine(weight, seed, offset), padding_idx) for weight [expansion, num_embeddings,
     embedding_dim], mixing only the rows that `input` (int64 or int32 indices, any shape) looks up: each element
     gets the P of its flat index in the full table, so the rows equal those of the fully mixed table.
@@ -163,8 +234,9 @@ def majority_embedding(input: Tensor, weight: Tensor, padding_idx: Optional[int]
     weight = check.check_expanded_weight(weight, 2, "[expansion, num_embeddings, embedding_dim]")
     input = check.check_indices(input, weight.shape[1], weight)
     padding_idx = check.check_padding_idx(padding_idx, weight.shape[1])
-    out = backend_for(weight.device).embedding_combine(weight, input, check.seed_tensor(seed, weight.device),
-                                                        check.signed_offset(offset), None)
+    out = backend_for(weight.device).embedding_combine(
+        weight, input, check.seed_tensor(seed, weight.device), check.signed_offset(offset), None
+    )
     if padding_idx is not None and out.requires_grad:
         # As F.embedding: the lookups of padding_idx pass no gradient back, so its row's gradient stays zero.
         out = torch.where((input == padding_idx).unsqueeze(-1), out.detach(), out)

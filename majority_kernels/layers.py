@@ -37,11 +37,15 @@ class _MKLayer(nn.Module):
         layer's own initialisation, scaled by sqrt((e + 1) / 2) so the mixed kernel keeps the init's variance.
         The bias is copied either way."""
         if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():
-            raise ValueError(f"{cls.__name__}.from_dense needs an initialised layer; run a forward through the "
-                             f"lazy {type(layer).__name__} first")
+            raise ValueError(
+                f"{cls.__name__}.from_dense needs an initialised layer; run a forward through the "
+                f"lazy {type(layer).__name__} first"
+            )
         if type(layer) is not cls.dense_type:
-            raise TypeError(f"{cls.__name__}.from_dense takes a {cls.dense_type.__module__}."
-                            f"{cls.dense_type.__name__}, got {type(layer).__name__}")
+            raise TypeError(
+                f"{cls.__name__}.from_dense takes a {cls.dense_type.__module__}."
+                f"{cls.dense_type.__name__}, got {type(layer).__name__}"
+            )
         module = cls.__new__(cls)
         nn.Module.__init__(module)
         module._adopt(layer, check.check_expansion(expansion), check.check_init(init))
@@ -51,8 +55,9 @@ class _MKLayer(nn.Module):
         for name in self._hyperparameters:
             setattr(self, name, getattr(dense, name))
         self.expansion, self.init = expansion, init
-        self.weight = nn.Parameter(copies_of(dense, "weight", expansion, init),
-                                   requires_grad=dense.weight.requires_grad)
+        self.weight = nn.Parameter(
+            copies_of(dense, "weight", expansion, init), requires_grad=dense.weight.requires_grad
+        )
         bias = getattr(dense, "bias", None)  # nn.Embedding has none
         if bias is not None:
             self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
@@ -133,8 +138,17 @@ class MKLinear(_MKLayer):
     dense_type = nn.Linear
     _hyperparameters = ("in_features", "out_features")
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, expansion: int = 4,
-                 init: str = "replicate", device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        expansion: int = 4,
+        init: str = "replicate",
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         expansion, init = check.check_expansion(expansion), check.check_init(init)
         self._adopt(nn.Linear(in_features, out_features, bias, device=device, dtype=dtype), expansion, init)
@@ -149,28 +163,74 @@ class MKLinear(_MKLayer):
         return F.linear(input, weight, self.bias)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"expansion={self.expansion}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"expansion={self.expansion}"
+        )
 
 
 class _MKConvNd(_MKLayer):
     dims: int
-    _hyperparameters = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-                        "padding_mode", "_reversed_padding_repeated_twice")
+    _hyperparameters = (
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "padding_mode",
+        "_reversed_padding_repeated_twice",
+    )
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding: Union[int, tuple, str] = 0,
-                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None,
-                 dtype=None, *, expansion: int = 4, init: str = "replicate") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding: Union[int, tuple, str] = 0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        expansion: int = 4,
+        init: str = "replicate",
+    ) -> None:
         super().__init__()
         expansion, init = check.check_expansion(expansion), check.check_init(init)
-        dense = self.dense_type(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                                padding_mode, device=device, dtype=dtype)
+        dense = self.dense_type(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+        )
         self._adopt(dense, expansion, init)
 
     def _make_dense(self, device, dtype) -> nn.Module:
-        return self.dense_type(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                               self.dilation, self.groups, self.bias is not None, self.padding_mode, device=device,
-                               dtype=dtype)
+        return self.dense_type(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.bias is not None,
+            self.padding_mode,
+            device=device,
+            dtype=dtype,
+        )
 
     def _padded(self, input: Tensor) -> tuple[Tensor, Union[tuple, str]]:
         # Non-zero padding modes pad explicitly, then convolve without padding (as torch.nn.ConvNd does).
@@ -189,9 +249,11 @@ class _MKConvNd(_MKLayer):
         return conv(input, weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-                f"bias={self.bias is not None}")
+        text = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"bias={self.bias is not None}"
+        )
         if self.padding_mode != "zeros":
             text += f", padding_mode={self.padding_mode!r}"
         return text + f", expansion={self.expansion}"
@@ -223,28 +285,53 @@ class MKEmbedding(_MKLayer):
     dense_type = nn.Embedding
     _hyperparameters = ("num_embeddings", "embedding_dim", "padding_idx")
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: Optional[int] = None, *,
-                 expansion: int = 4, init: str = "replicate", device=None, dtype=None,
-                 max_norm: Optional[float] = None, scale_grad_by_freq: bool = False, sparse: bool = False) -> None:
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: Optional[int] = None,
+        *,
+        expansion: int = 4,
+        init: str = "replicate",
+        device=None,
+        dtype=None,
+        max_norm: Optional[float] = None,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+    ) -> None:
         super().__init__()
         expansion, init = check.check_expansion(expansion), check.check_init(init)
-        dense = nn.Embedding(num_embeddings, embedding_dim, padding_idx, max_norm,
-                             scale_grad_by_freq=scale_grad_by_freq, sparse=sparse, device=device, dtype=dtype)
+        dense = nn.Embedding(
+            num_embeddings,
+            embedding_dim,
+            padding_idx,
+            max_norm,
+            scale_grad_by_freq=scale_grad_by_freq,
+            sparse=sparse,
+            device=device,
+            dtype=dtype,
+        )
         self._adopt(dense, expansion, init)
 
     def _adopt(self, dense: nn.Module, expansion: int, init: str) -> None:
         refused = {
-            "max_norm": (dense.max_norm is not None,
-                         "it renormalises the looked-up rows of the table in place, and the mixed rows are "
-                         "recomputed every step"),
+            "max_norm": (
+                dense.max_norm is not None,
+                "it renormalises the looked-up rows of the table in place, and the mixed rows are "
+                "recomputed every step",
+            ),
             "scale_grad_by_freq": (dense.scale_grad_by_freq, "the copies' gradients are not rescaled by frequency"),
-            "sparse": (dense.sparse, "the gradient of the copies is a dense [expansion, num_embeddings, "
-                                     "embedding_dim] tensor"),
+            "sparse": (
+                dense.sparse,
+                "the gradient of the copies is a dense [expansion, num_embeddings, embedding_dim] tensor",
+            ),
         }
         for option, (used, why) in refused.items():
             if used:
-                raise ValueError(f"MKEmbedding does not support {option}={getattr(dense, option)!r}: {why}; use "
-                                 f"an nn.Embedding without it, or leave this layer dense")
+                raise ValueError(
+                    f"MKEmbedding does not support {option}={getattr(dense, option)!r}: {why}; use "
+                    f"an nn.Embedding without it, or leave this layer dense"
+                )
         super()._adopt(dense, expansion, init)
 
     def _make_dense(self, device, dtype) -> nn.Module:
@@ -269,4 +356,9 @@ class MKEmbedding(_MKLayer):
 
 
 MK_LAYERS: dict[type[nn.Module], type[_MKLayer]] = {
-    nn.Linear: MKLinear, nn.Conv1d: MKConv1d, nn.Conv2d: MKConv2d, nn.Conv3d: MKConv3d, nn.Embedding: MKEmbedding}
+    nn.Linear: MKLinear,
+    nn.Conv1d: MKConv1d,
+    nn.Conv2d: MKConv2d,
+    nn.Conv3d: MKConv3d,
+    nn.Embedding: MKEmbedding,
+}

@@ -55,5 +55,7 @@ def forced() -> Forced:
     """The innermost force_paths block's paths, else MK_LINEAR_PATH / MK_WGRAD_PATH's (read when a layer runs, or
     once when torch.compile traces it)."""
     block = _blocks[-1] if _blocks else Forced(None, None)
-    return Forced(block.forward or _checked(_environment.read(FORWARD_VARIABLE), FORWARD_PATHS, FORWARD_VARIABLE),
-                  block.wgrad or _checked(_environment.read(WGRAD_VARIABLE), WGRAD_PATHS, WGRAD_VARIABLE))
+    return Forced(
+        block.forward or _checked(_environment.read(FORWARD_VARIABLE), FORWARD_PATHS, FORWARD_VARIABLE),
+        block.wgrad or _checked(_environment.read(WGRAD_VARIABLE), WGRAD_PATHS, WGRAD_VARIABLE),
+    )

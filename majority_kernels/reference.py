@@ -74,7 +74,7 @@ def uniforms_at(expansion: int, index: Tensor, seed: int | Tensor, offset: int =
     zero = torch.zeros_like(counter)
     words = philox4x32((counter & _MASK32, (counter >> 32) & _MASK32, zero, zero), _seed_key(seed, index.device))
     # words[w][g, ...] is uniform 4g + w of the element.
-    stacked = torch.stack(words, dim=1).reshape(groups * 4, *index.shape)[:uniforms_per_element(expansion)]
+    stacked = torch.stack(words, dim=1).reshape(groups * 4, *index.shape)[: uniforms_per_element(expansion)]
     return uniform_from_words(stacked)
 
 
@@ -114,8 +114,9 @@ def combine(weight: Tensor, seed: int | Tensor, offset: int = 0, out_dtype: torc
     return (p * weight.to(torch.float64)).sum(0).to(out_dtype or weight.dtype)
 
 
-def scatter(grad: Tensor, seed: int | Tensor, offset: int, expansion: int,
-            out_dtype: torch.dtype | None = None) -> Tensor:
+def scatter(
+    grad: Tensor, seed: int | Tensor, offset: int, expansion: int, out_dtype: torch.dtype | None = None
+) -> Tensor:
     """grad_weight[k] = P_k * grad, in float64 with P materialised."""
     p = mixing_weights(expansion, grad.numel(), seed, offset, device=grad.device)
     p = p.view(expansion, *grad.shape)
@@ -128,8 +129,9 @@ def _row_elements(indices: Tensor, dim: int) -> Tensor:
     return indices.to(torch.int64)[..., None] * dim + columns
 
 
-def embedding_combine(weight: Tensor, indices: Tensor, seed: int | Tensor, offset: int = 0,
-                      out_dtype: torch.dtype | None = None) -> Tensor:
+def embedding_combine(
+    weight: Tensor, indices: Tensor, seed: int | Tensor, offset: int = 0, out_dtype: torch.dtype | None = None
+) -> Tensor:
     """combine(weight)[indices] for a table weight [e, rows, dim], mixing only the looked-up rows, in float64
     with P materialised: shape [*indices.shape, dim]. Each element uses its flat index in the full table."""
     expansion, dim = weight.shape[0], weight.shape[2]
@@ -138,8 +140,15 @@ def embedding_combine(weight: Tensor, indices: Tensor, seed: int | Tensor, offse
     return (p * rows).sum(0).to(out_dtype or weight.dtype)
 
 
-def embedding_scatter(grad: Tensor, indices: Tensor, seed: int | Tensor, offset: int, expansion: int,
-                      num_rows: int, out_dtype: torch.dtype | None = None) -> Tensor:
+def embedding_scatter(
+    grad: Tensor,
+    indices: Tensor,
+    seed: int | Tensor,
+    offset: int,
+    expansion: int,
+    num_rows: int,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
     """The table gradient [e, num_rows, dim] of embedding_combine: P_k * grad added to the looked-up rows
     (repeated indices add up), zero elsewhere; float64 with P materialised."""
     dim = grad.shape[-1]

@@ -61,10 +61,22 @@ class Plan:
 
 
 PLANS = {
-    "quick": Plan("quick", triton_ms=(1, 16, 64, 256, 1024), cuda_rows=(1, 4, 16, 32, 64), blocks=(512, 1024, 2048),
-                  repeats=5, warmup=2),
-    "full": Plan("full", triton_ms=(1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
-                 cuda_rows=(1, 2, 4, 8, 16, 24, 32, 48, 64, 128), blocks=(512, 1024, 2048), repeats=20, warmup=3),
+    "quick": Plan(
+        "quick",
+        triton_ms=(1, 16, 64, 256, 1024),
+        cuda_rows=(1, 4, 16, 32, 64),
+        blocks=(512, 1024, 2048),
+        repeats=5,
+        warmup=2,
+    ),
+    "full": Plan(
+        "full",
+        triton_ms=(1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
+        cuda_rows=(1, 2, 4, 8, 16, 24, 32, 48, 64, 128),
+        blocks=(512, 1024, 2048),
+        repeats=20,
+        warmup=3,
+    ),
 }
 # The block candidates: from 4 elements per thread and copy (fewer cannot fill a 16-byte float32 load) to 16;
 # at 32 (4096) the kernels spill on sm_90 (tests/test_triton.py builds every candidate).
@@ -73,8 +85,10 @@ PLANS = {
 def unavailable() -> Optional[str]:
     """None if tuning can run here, else why not (one line)."""
     if not torch.cuda.is_available():
-        return (f"majority-kernels tune needs a CUDA GPU, and torch sees none (torch {torch.__version__}, CUDA build: "
-                f"{torch.version.cuda or 'no'})")
+        return (
+            f"majority-kernels tune needs a CUDA GPU, and torch sees none (torch {torch.__version__}, CUDA build: "
+            f"{torch.version.cuda or 'no'})"
+        )
     why = BACKENDS["triton"].unavailable(torch.device("cuda"))
     return None if why is None else f"majority-kernels tune needs the Triton backend, which cannot run here: {why}"
 
@@ -96,25 +110,41 @@ def _medians(samples: dict[str, list[float]]) -> dict[str, float]:
 
 def _config(plan: Plan, device: torch.device, workload: Workload) -> BenchConfig:
     """The benchmark's description of the run, for its crossover sweep and its autocast."""
-    return BenchConfig(device=device, dtype=workload.dtype, backends=("triton",),
-                       linear_shapes=(LinearShape(1, workload.n, workload.k),),
-                       linear_expansions=(workload.expansion,), conv_shapes=(), conv_expansions=(),
-                       repeats=plan.repeats, warmup=plan.warmup, compile=False, crossover_ms=plan.triton_ms)
+    return BenchConfig(
+        device=device,
+        dtype=workload.dtype,
+        backends=("triton",),
+        linear_shapes=(LinearShape(1, workload.n, workload.k),),
+        linear_expansions=(workload.expansion,),
+        conv_shapes=(),
+        conv_expansions=(),
+        repeats=plan.repeats,
+        warmup=plan.warmup,
+        compile=False,
+        crossover_ms=plan.triton_ms,
+    )
 
 
 def triton_crossover(plan: Plan, device: torch.device, workload: Workload) -> tuple[int, int, list[dict]]:
     """(forward threshold, dW threshold, the sweep's rows) from the benchmark's crossover sweep."""
     from .bench import runner  # the sweep needs the Triton backend
 
-    rows = [row for row in runner.crossover_rows((workload.n, workload.k), workload.expansion,
-                                                 _config(plan, device, workload), lambda: None) if "M" in row]
+    rows = [
+        row
+        for row in runner.crossover_rows(
+            (workload.n, workload.k), workload.expansion, _config(plan, device, workload), lambda: None
+        )
+        if "M" in row
+    ]
 
     def threshold(variant: str) -> int:
         measured = sorted((row["M"], row["ratio_combine"]) for row in rows if row["variant"] == variant)
         return last_paying([m for m, _ in measured], [ratio for _, ratio in measured])
 
-    kept = [{"M": row["M"], "variant": row["variant"], "time_s": row["time_s"], "ratio_combine": row["ratio_combine"]}
-            for row in rows]
+    kept = [
+        {"M": row["M"], "variant": row["variant"], "time_s": row["time_s"], "ratio_combine": row["ratio_combine"]}
+        for row in rows
+    ]
     return threshold(runner.FUSED_FORWARD), threshold(runner.FUSED_WGRAD), kept
 
 
@@ -135,6 +165,7 @@ def cuda_small_m(plan: Plan, device: torch.device, workload: Workload) -> tuple[
             def run() -> object:
                 with paths.force_paths(path), torch.no_grad(), config.autocast(), use_backend("cuda"):
                     return layer(x)
+
             return run
 
         steps = {"fused": forward("fused"), "combine": forward("combine")}
@@ -142,8 +173,9 @@ def cuda_small_m(plan: Plan, device: torch.device, workload: Workload) -> tuple[
             step()
         medians = _medians(measure.time_interleaved(steps, device, warmup=plan.warmup, repeats=plan.repeats))
         ratios.append(medians["fused"] / medians["combine"])
-        rows.append({"rows": count, "fused_s": medians["fused"], "combine_s": medians["combine"],
-                     "ratio_combine": ratios[-1]})
+        rows.append(
+            {"rows": count, "fused_s": medians["fused"], "combine_s": medians["combine"], "ratio_combine": ratios[-1]}
+        )
     return last_paying(plan.cuda_rows, ratios), rows
 
 
@@ -163,8 +195,9 @@ def block_sizes(plan: Plan, device: torch.device, workload: Workload) -> tuple[i
     for step in steps.values():  # first calls untimed: Triton builds each block size
         step()
     medians = _medians(measure.time_interleaved(steps, device, warmup=plan.warmup, repeats=plan.repeats))
-    rows = [{"op": name.split(":")[0], "block": int(name.split(":")[1]), "time_s": time}
-            for name, time in medians.items()]
+    rows = [
+        {"op": name.split(":")[0], "block": int(name.split(":")[1]), "time_s": time} for name, time in medians.items()
+    ]
 
     def fastest(op: str) -> int:
         return min((row for row in rows if row["op"] == op), key=lambda row: row["time_s"])["block"]
@@ -172,8 +205,9 @@ def block_sizes(plan: Plan, device: torch.device, workload: Workload) -> tuple[i
     return fastest("combine"), fastest("scatter"), rows
 
 
-def run(plan: Plan, device: torch.device, workload: Workload = HEADLINE,
-        log: Callable[[str], None] = print) -> tuning.Table:
+def run(
+    plan: Plan, device: torch.device, workload: Workload = HEADLINE, log: Callable[[str], None] = print
+) -> tuning.Table:
     """Measures the GPU of `device` (see unavailable() first) by `plan` on `workload` and returns its table."""
     import triton
 
@@ -184,8 +218,10 @@ def run(plan: Plan, device: torch.device, workload: Workload = HEADLINE,
     cuda_max_rows, cuda_rows = cuda_small_m(plan, device, workload)
     if cuda_max_rows is None:
         why = BACKENDS["cuda"].unavailable(device)
-        log(f"  cuda fused small-M forward: not measured ({why}); the table keeps the default "
-            f"{tuning.DEFAULTS.cuda_fused_max_rows}")
+        log(
+            f"  cuda fused small-M forward: not measured ({why}); the table keeps the default "
+            f"{tuning.DEFAULTS.cuda_fused_max_rows}"
+        )
         cuda_measurements: object = {"not_measured": why}
     else:
         log(f"  cuda fused small-M forward pays up to {cuda_max_rows} rows")
@@ -194,16 +230,34 @@ def run(plan: Plan, device: torch.device, workload: Workload = HEADLINE,
     log(f"  fastest blocks: combine {combine_block}, scatter {scatter_block}")
     thresholds = tuning.Thresholds(
         cuda_fused_max_rows=tuning.DEFAULTS.cuda_fused_max_rows if cuda_max_rows is None else cuda_max_rows,
-        triton_fused_forward_max_m=forward_max_m, triton_fused_wgrad_max_m=wgrad_max_m,
-        combine_block=combine_block, scatter_block=scatter_block)
-    measurements = {"workload": {"N": workload.n, "K": workload.k, "expansion": workload.expansion,
-                                 "dtype": str(workload.dtype).removeprefix("torch.")},
-                    "repeats": plan.repeats, "warmup": plan.warmup, "triton_crossover": crossover,
-                    "cuda_small_m": cuda_measurements, "blocks": blocks}
-    return tuning.Table(gpu=gpu, majority_kernels=__version__, thresholds=thresholds, torch=torch.__version__,
-                        triton=triton.__version__,
-                        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                        quick=plan.name != "full", measurements=measurements)
+        triton_fused_forward_max_m=forward_max_m,
+        triton_fused_wgrad_max_m=wgrad_max_m,
+        combine_block=combine_block,
+        scatter_block=scatter_block,
+    )
+    measurements = {
+        "workload": {
+            "N": workload.n,
+            "K": workload.k,
+            "expansion": workload.expansion,
+            "dtype": str(workload.dtype).removeprefix("torch."),
+        },
+        "repeats": plan.repeats,
+        "warmup": plan.warmup,
+        "triton_crossover": crossover,
+        "cuda_small_m": cuda_measurements,
+        "blocks": blocks,
+    }
+    return tuning.Table(
+        gpu=gpu,
+        majority_kernels=__version__,
+        thresholds=thresholds,
+        torch=torch.__version__,
+        triton=triton.__version__,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        quick=plan.name != "full",
+        measurements=measurements,
+    )
 
 
 def write(table: tuning.Table, folder: Optional[Path]) -> Path:

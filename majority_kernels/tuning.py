@@ -68,8 +68,13 @@ class Thresholds:
 # 16 rows; the fused Triton forward redoes the draws per row tile, so it can only win while one or two tiles cover
 # M; the fused dW saves writing and re-reading dW_eff but has smaller tiles than cuBLAS; 1024 elements over 4 warps
 # give each thread 8 contiguous elements per copy (16-byte loads of float32).
-DEFAULTS = Thresholds(cuda_fused_max_rows=16, triton_fused_forward_max_m=64, triton_fused_wgrad_max_m=1024,
-                      combine_block=1024, scatter_block=1024)
+DEFAULTS = Thresholds(
+    cuda_fused_max_rows=16,
+    triton_fused_forward_max_m=64,
+    triton_fused_wgrad_max_m=1024,
+    combine_block=1024,
+    scatter_block=1024,
+)
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,17 @@ class Table:
     measurements: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "gpu": self.gpu, "majority_kernels": self.majority_kernels, "torch": self.torch,
-                "triton": self.triton, "date": self.date, "quick": self.quick,
-                "thresholds": dataclasses.asdict(self.thresholds), "measurements": self.measurements}
+        return {
+            "format": FORMAT,
+            "gpu": self.gpu,
+            "majority_kernels": self.majority_kernels,
+            "torch": self.torch,
+            "triton": self.triton,
+            "date": self.date,
+            "quick": self.quick,
+            "thresholds": dataclasses.asdict(self.thresholds),
+            "measurements": self.measurements,
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> Table:
@@ -103,14 +116,22 @@ class Table:
         values = data.get("thresholds")
         names = {field.name for field in dataclasses.fields(Thresholds)}
         if not isinstance(values, dict) or set(values) != names:
-            raise ValueError(f"tuning table field 'thresholds' must have exactly the keys {sorted(names)}, got "
-                             f"{sorted(values) if isinstance(values, dict) else values!r}")
+            raise ValueError(
+                f"tuning table field 'thresholds' must have exactly the keys {sorted(names)}, got "
+                f"{sorted(values) if isinstance(values, dict) else values!r}"
+            )
         if not isinstance(data.get("measurements", {}), dict):
             raise ValueError(f"tuning table field 'measurements' must be an object, got {data['measurements']!r}")
-        return cls(gpu=data["gpu"], majority_kernels=data["majority_kernels"], thresholds=Thresholds(**values),
-                   torch=str(data.get("torch", "")), triton=str(data.get("triton", "")),
-                   date=str(data.get("date", "")), quick=bool(data.get("quick", False)),
-                   measurements=data.get("measurements", {}))
+        return cls(
+            gpu=data["gpu"],
+            majority_kernels=data["majority_kernels"],
+            thresholds=Thresholds(**values),
+            torch=str(data.get("torch", "")),
+            triton=str(data.get("triton", "")),
+            date=str(data.get("date", "")),
+            quick=bool(data.get("quick", False)),
+            measurements=data.get("measurements", {}),
+        )
 
 
 def slug(text: str) -> str:
@@ -155,8 +176,8 @@ def read(path: Path) -> Table:
 
 @dataclass
 class _Loaded:
-    tables: dict[str, Table]          # by GPU name, this version's only
-    other_versions: dict[str, list]   # by GPU name: (version, path) of the tables of other versions
+    tables: dict[str, Table]  # by GPU name, this version's only
+    other_versions: dict[str, list]  # by GPU name: (version, path) of the tables of other versions
     folders: list[Path]
 
 
@@ -201,11 +222,15 @@ def _note_unmeasured(gpu: str) -> None:
         return
     _noted.add(gpu)
     others = _loaded.other_versions.get(gpu, [])
-    found = (f"; tables of other versions ignored: {', '.join(f'{v} ({p})' for v, p in others)}" if others else "")
+    found = f"; tables of other versions ignored: {', '.join(f'{v} ({p})' for v, p in others)}" if others else ""
     values = ", ".join(f"{name}={value}" for name, value in dataclasses.asdict(DEFAULTS).items())
-    warnings.warn(f"majority-kernels: no tuning table for GPU {gpu!r} and majority-kernels {__version__} in "
-                  f"{', '.join(str(f) for f in _loaded.folders)}{found}. Using the unmeasured defaults ({values}); "
-                  "`majority-kernels tune --device cuda` measures this GPU's.", RuntimeWarning, stacklevel=4)
+    warnings.warn(
+        f"majority-kernels: no tuning table for GPU {gpu!r} and majority-kernels {__version__} in "
+        f"{', '.join(str(f) for f in _loaded.folders)}{found}. Using the unmeasured defaults ({values}); "
+        "`majority-kernels tune --device cuda` measures this GPU's.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def device_gpu(device: torch.device) -> Optional[str]:

@@ -27,8 +27,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The device of the Triton backend's own tests: the GPU, else CPU tensors under Triton's interpreter.
 TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TRITON_UNAVAILABLE = backends.BACKENDS["triton"].unavailable(TRITON_DEVICE)
-needs_triton = pytest.mark.skipif(TRITON_UNAVAILABLE is not None,
-                                  reason=f"backend 'triton' cannot run here: {TRITON_UNAVAILABLE}")
+needs_triton = pytest.mark.skipif(
+    TRITON_UNAVAILABLE is not None, reason=f"backend 'triton' cannot run here: {TRITON_UNAVAILABLE}"
+)
 
 
 def host_library(source: str, folder: pathlib.Path) -> ctypes.CDLL:
@@ -38,8 +39,21 @@ def host_library(source: str, folder: pathlib.Path) -> ctypes.CDLL:
     if compiler is None:
         pytest.skip("no C++ compiler")
     library = folder / (pathlib.Path(source).stem + ".so")
-    subprocess.run([compiler, "-std=c++17", "-O1", "-shared", "-fPIC", f"-I{ROOT / 'csrc' / 'include'}",
-                    f"-I{ROOT / 'csrc' / 'cuda'}", str(ROOT / "tests" / source), "-o", str(library)], check=True)
+    subprocess.run(
+        [
+            compiler,
+            "-std=c++17",
+            "-O1",
+            "-shared",
+            "-fPIC",
+            f"-I{ROOT / 'csrc' / 'include'}",
+            f"-I{ROOT / 'csrc' / 'cuda'}",
+            str(ROOT / "tests" / source),
+            "-o",
+            str(library),
+        ],
+        check=True,
+    )
     return ctypes.CDLL(str(library))
 
 
@@ -47,12 +61,15 @@ def _triton_float64_dot() -> bool:
     if backends.TRITON_ERROR is not None:
         return False
     from majority_kernels.triton_kernels import tiling
+
     return tiling.FLOAT64_DOT
 
 
 # For the Triton GEMM kernels' float64 cases: tl.dot multiplies float64 tiles from Triton 3.5 on.
-needs_float64_dot = pytest.mark.skipif(not _triton_float64_dot(), reason="this Triton's tl.dot has no float64 "
-                                       "(Triton 3.5+); the kernels' error for it is tested")
+needs_float64_dot = pytest.mark.skipif(
+    not _triton_float64_dot(),
+    reason="this Triton's tl.dot has no float64 (Triton 3.5+); the kernels' error for it is tested",
+)
 
 # Tolerances against the float64 reference, by the dtype of the compared output.
 TOLERANCES = {
@@ -102,8 +119,9 @@ def random_offset(generator: torch.Generator) -> int:
     return offset if offset % 2 else 2**64 - 1 - offset % 1000
 
 
-def randn(*shape: int, generator: torch.Generator, dtype: torch.dtype = torch.float32, device="cpu",
-          misaligned: bool = False) -> torch.Tensor:
+def randn(
+    *shape: int, generator: torch.Generator, dtype: torch.dtype = torch.float32, device="cpu", misaligned: bool = False
+) -> torch.Tensor:
     """Standard normal values drawn in float64 on the CPU (the same values whatever the dtype and device), then
     cast and moved; `misaligned`: a view that starts one element into its storage."""
     count = math.prod(shape)
@@ -150,11 +168,16 @@ class ParameterSizedAllocations(TorchDispatchMode):
         self.numel, self.ops = numel, []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        inputs = {t.untyped_storage().data_ptr() for t in (*args, *(kwargs or {}).values())
-                  if isinstance(t, torch.Tensor)}
+        inputs = {
+            t.untyped_storage().data_ptr() for t in (*args, *(kwargs or {}).values()) if isinstance(t, torch.Tensor)
+        }
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else [out]:
-            if (isinstance(t, torch.Tensor) and t.numel() == self.numel
-                    and t.untyped_storage().data_ptr() not in inputs and not func.is_view):
+            if (
+                isinstance(t, torch.Tensor)
+                and t.numel() == self.numel
+                and t.untyped_storage().data_ptr() not in inputs
+                and not func.is_view
+            ):
                 self.ops.append(str(func.overloadpacket))
         return out

@@ -13,8 +13,14 @@ from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 import majority_kernels as mk
 from majority_kernels import backends, reference
 
-BAD_EXPANSIONS = [(0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError), ("4", TypeError),
-                  (None, TypeError)]
+BAD_EXPANSIONS = [
+    (0, ValueError),
+    (-1, ValueError),
+    (2.5, TypeError),
+    (True, TypeError),
+    ("4", TypeError),
+    (None, TypeError),
+]
 EXPANSION_IDS = [repr(value) for value, _ in BAD_EXPANSIONS]
 
 EXPANSION_USERS = {
@@ -132,8 +138,7 @@ def test_conv_bias_of_wrong_shape():
 
 def test_integer_bias():
     with pytest.raises(TypeError, match="bias"):
-        mk.functional.majority_linear(torch.randn(4, 5), torch.randn(2, 3, 5), torch.ones(3, dtype=torch.int64),
-                                      seed=1)
+        mk.functional.majority_linear(torch.randn(4, 5), torch.randn(2, 3, 5), torch.ones(3, dtype=torch.int64), seed=1)
 
 
 # ------------------------------------------------------------------------------------------------------- dtypes
@@ -220,18 +225,44 @@ def test_device_mismatch_conv():
 # ------------------------------------------------------------------------------------------------ seed / offset
 
 
-BAD_SEEDS = [(-1, ValueError), (2**63, ValueError), (2**64 + 3, ValueError), (1.5, TypeError),
-             (float("nan"), ValueError), (float("inf"), ValueError), (float("-inf"), ValueError), (True, TypeError),
-             ("1", TypeError), (None, TypeError), (torch.tensor(1, dtype=torch.int32), TypeError),
-             (torch.tensor([1, 2]), TypeError), (torch.tensor(1.0), TypeError), (torch.empty(0, dtype=torch.int64),
-                                                                                  TypeError)]
-SEED_IDS = ["-1", "2**63", "2**64+3", "1.5", "nan", "inf", "-inf", "True", "str", "None", "int32-tensor",
-            "2-element-tensor", "float-tensor", "empty-tensor"]
+BAD_SEEDS = [
+    (-1, ValueError),
+    (2**63, ValueError),
+    (2**64 + 3, ValueError),
+    (1.5, TypeError),
+    (float("nan"), ValueError),
+    (float("inf"), ValueError),
+    (float("-inf"), ValueError),
+    (True, TypeError),
+    ("1", TypeError),
+    (None, TypeError),
+    (torch.tensor(1, dtype=torch.int32), TypeError),
+    (torch.tensor([1, 2]), TypeError),
+    (torch.tensor(1.0), TypeError),
+    (torch.empty(0, dtype=torch.int64), TypeError),
+]
+SEED_IDS = [
+    "-1",
+    "2**63",
+    "2**64+3",
+    "1.5",
+    "nan",
+    "inf",
+    "-inf",
+    "True",
+    "str",
+    "None",
+    "int32-tensor",
+    "2-element-tensor",
+    "float-tensor",
+    "empty-tensor",
+]
 
 SEED_USERS = {
     "majority_linear": lambda s: mk.functional.majority_linear(torch.randn(2, 3), torch.randn(2, 4, 3), seed=s),
-    "majority_conv2d": lambda s: mk.functional.majority_conv2d(torch.randn(1, 1, 3, 3), torch.randn(2, 1, 1, 2, 2),
-                                                               seed=s),
+    "majority_conv2d": lambda s: mk.functional.majority_conv2d(
+        torch.randn(1, 1, 3, 3), torch.randn(2, 1, 1, 2, 2), seed=s
+    ),
     "combine": lambda s: mk.functional.combine(torch.randn(2, 4), s),
     "scatter": lambda s: mk.functional.scatter(torch.randn(4), s, 0, 2),
     "mixing_weights": lambda s: mk.functional.mixing_weights(2, 4, s),
@@ -251,16 +282,23 @@ def test_valid_seeds(seed):
     assert out.shape == (4,) and torch.isfinite(out).all()
 
 
-BAD_OFFSETS = [(-1, ValueError), (2**64, ValueError), (1.5, TypeError), (True, TypeError), (None, TypeError),
-               (torch.tensor(3), TypeError)]
+BAD_OFFSETS = [
+    (-1, ValueError),
+    (2**64, ValueError),
+    (1.5, TypeError),
+    (True, TypeError),
+    (None, TypeError),
+    (torch.tensor(3), TypeError),
+]
 
 
 @pytest.mark.parametrize("offset, error", BAD_OFFSETS, ids=["-1", "2**64", "1.5", "True", "None", "tensor"])
 @pytest.mark.parametrize("user", ["majority_linear", "combine", "mixing_weights", "scatter"])
 def test_bad_offset(user, offset, error):
     calls = {
-        "majority_linear": lambda: mk.functional.majority_linear(torch.randn(2, 3), torch.randn(2, 4, 3), seed=1,
-                                                                 offset=offset),
+        "majority_linear": lambda: mk.functional.majority_linear(
+            torch.randn(2, 3), torch.randn(2, 4, 3), seed=1, offset=offset
+        ),
         "combine": lambda: mk.functional.combine(torch.randn(2, 4), 1, offset),
         "mixing_weights": lambda: mk.functional.mixing_weights(2, 4, 1, offset),
         "scatter": lambda: mk.functional.scatter(torch.randn(4), 1, offset, 2),
@@ -272,8 +310,9 @@ def test_bad_offset(user, offset, error):
 @pytest.mark.parametrize("offset", [0, 2**63 - 1, 2**63, 2**64 - 1])
 def test_valid_offsets(offset, generator):
     weight = torch.randn(3, 4, generator=generator, dtype=torch.float64)
-    torch.testing.assert_close(mk.functional.combine(weight, 5, offset), reference.combine(weight, 5, offset),
-                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        mk.functional.combine(weight, 5, offset), reference.combine(weight, 5, offset), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_scatter_accumulate_into_wrong_shape():
@@ -338,24 +377,37 @@ def test_unavailable_gpu_backend_is_an_error():
 # --------------------------------------------------------------------------------------------------- from_dense
 
 
-@pytest.mark.parametrize("mk_type, dense", [
-    (mk.MKLinear, lambda: nn.Conv2d(2, 3, 3)),
-    (mk.MKConv2d, lambda: nn.Linear(2, 3)),
-    (mk.MKConv2d, lambda: nn.Conv1d(2, 3, 3)),
-    (mk.MKConv2d, lambda: nn.ConvTranspose2d(2, 3, 3)),
-    (mk.MKConv1d, lambda: nn.ConvTranspose1d(2, 3, 3)),
-    (mk.MKLinear, lambda: NonDynamicallyQuantizableLinear(2, 3)),
-    (mk.MKLinear, lambda: nn.Bilinear(2, 2, 3)),
-    (mk.MKLinear, lambda: nn.Identity()),
-], ids=["conv2d->linear", "linear->conv2d", "conv1d->conv2d", "convtranspose2d", "convtranspose1d",
-        "linear-subclass", "bilinear", "identity"])
+@pytest.mark.parametrize(
+    "mk_type, dense",
+    [
+        (mk.MKLinear, lambda: nn.Conv2d(2, 3, 3)),
+        (mk.MKConv2d, lambda: nn.Linear(2, 3)),
+        (mk.MKConv2d, lambda: nn.Conv1d(2, 3, 3)),
+        (mk.MKConv2d, lambda: nn.ConvTranspose2d(2, 3, 3)),
+        (mk.MKConv1d, lambda: nn.ConvTranspose1d(2, 3, 3)),
+        (mk.MKLinear, lambda: NonDynamicallyQuantizableLinear(2, 3)),
+        (mk.MKLinear, lambda: nn.Bilinear(2, 2, 3)),
+        (mk.MKLinear, lambda: nn.Identity()),
+    ],
+    ids=[
+        "conv2d->linear",
+        "linear->conv2d",
+        "conv1d->conv2d",
+        "convtranspose2d",
+        "convtranspose1d",
+        "linear-subclass",
+        "bilinear",
+        "identity",
+    ],
+)
 def test_from_dense_wrong_type(mk_type, dense):
     with pytest.raises(TypeError, match=mk_type.__name__):
         mk_type.from_dense(dense(), 2)
 
 
-@pytest.mark.parametrize("lazy, mk_type", [(lambda: nn.LazyLinear(3), mk.MKLinear),
-                                           (lambda: nn.LazyConv2d(3, 3), mk.MKConv2d)])
+@pytest.mark.parametrize(
+    "lazy, mk_type", [(lambda: nn.LazyLinear(3), mk.MKLinear), (lambda: nn.LazyConv2d(3, 3), mk.MKConv2d)]
+)
 def test_from_dense_of_uninitialised_lazy_layer(lazy, mk_type):
     with pytest.raises(ValueError, match="initiali[sz]ed"):
         mk_type.from_dense(lazy(), 2)
@@ -397,17 +449,26 @@ def test_non_contiguous_linear_weight_equals_contiguous(expansion, generator):
     assert not weight.is_contiguous()
     x = torch.randn(3, 5, generator=generator, dtype=torch.float64)
     bias = torch.randn(7, generator=generator, dtype=torch.float64)
-    torch.testing.assert_close(mk.functional.majority_linear(x, weight, bias, seed=21, offset=4),
-                               mk.functional.majority_linear(x, weight.contiguous(), bias, seed=21, offset=4),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        mk.functional.majority_linear(x, weight, bias, seed=21, offset=4),
+        mk.functional.majority_linear(x, weight.contiguous(), bias, seed=21, offset=4),
+        rtol=0,
+        atol=0,
+    )
     transposed = torch.randn(7, expansion, 5, generator=generator, dtype=torch.float64).transpose(0, 1)
-    torch.testing.assert_close(mk.functional.majority_linear(x, transposed, bias, seed=2),
-                               mk.functional.majority_linear(x, transposed.contiguous(), bias, seed=2),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        mk.functional.majority_linear(x, transposed, bias, seed=2),
+        mk.functional.majority_linear(x, transposed.contiguous(), bias, seed=2),
+        rtol=0,
+        atol=0,
+    )
     sliced = torch.randn(expansion, 7, 10, generator=generator, dtype=torch.float64)[:, :, ::2]
-    torch.testing.assert_close(mk.functional.majority_linear(x, sliced, bias, seed=3),
-                               mk.functional.majority_linear(x, sliced.contiguous(), bias, seed=3),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        mk.functional.majority_linear(x, sliced, bias, seed=3),
+        mk.functional.majority_linear(x, sliced.contiguous(), bias, seed=3),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_non_contiguous_weight_gradients(generator):
@@ -425,9 +486,12 @@ def test_non_contiguous_conv_weight_equals_contiguous(generator):
     weight = torch.randn(3, 3, 4, 3, 2, generator=generator, dtype=torch.float64).transpose(0, 2)  # [4, 3, 3, 3, 2]
     assert not weight.is_contiguous()
     x = torch.randn(2, 3, 6, 5, generator=generator, dtype=torch.float64)
-    torch.testing.assert_close(mk.functional.majority_conv2d(x, weight, None, 1, 1, seed=6),
-                               mk.functional.majority_conv2d(x, weight.contiguous(), None, 1, 1, seed=6),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        mk.functional.majority_conv2d(x, weight, None, 1, 1, seed=6),
+        mk.functional.majority_conv2d(x, weight.contiguous(), None, 1, 1, seed=6),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_nan_input_propagates(generator):

@@ -65,7 +65,8 @@ def test_layer_rows(written, section):
 def test_kernel_rows(written):
     rows = written[0]["kernels"]
     assert {(row["op"], row["shape"], row["variant"]) for row in rows} == {
-        (op, f"{e}x16x16", v) for op in ("combine", "scatter") for e in (2, 4) for v in ("mk[cpu]", "naive")}
+        (op, f"{e}x16x16", v) for op in ("combine", "scatter") for e in (2, 4) for v in ("mk[cpu]", "naive")
+    }
     for row in rows:
         for key in ("time_s", "ratio_naive", "floor_s", "time_over_floor", "bytes_per_s"):
             assert _positive(row[key]), (key, row)
@@ -81,8 +82,15 @@ def test_saved_bytes_mk_flat_naive_grows(written, section):
 
 def test_markdown(written):
     markdown = written[1]
-    for text in ("# majority-kernels benchmark: tiny", "## Linear", "## Conv2d", "## Kernels", "| mk[cpu] |",
-                 "| 8x16x16 | 4 | naive |", "| combine | 2x16x16 | mk[cpu] |"):
+    for text in (
+        "# majority-kernels benchmark: tiny",
+        "## Linear",
+        "## Conv2d",
+        "## Kernels",
+        "| mk[cpu] |",
+        "| 8x16x16 | 4 | naive |",
+        "| combine | 2x16x16 | mk[cpu] |",
+    ):
         assert text in markdown
     assert "× compiled" not in markdown and "peak MiB" not in markdown  # columns without values are left out
 
@@ -118,8 +126,24 @@ def test_compiled_baseline(tmp_path):
 
 
 def test_bfloat16_autocast(tmp_path):
-    assert main(["bench", *TINY, "--expansion", "2", "--dtype", "bf16", "--no-compile", "--only", "linear",
-                 "--output", str(tmp_path / "bf16")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                *TINY,
+                "--expansion",
+                "2",
+                "--dtype",
+                "bf16",
+                "--no-compile",
+                "--only",
+                "linear",
+                "--output",
+                str(tmp_path / "bf16"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "bf16.json").read_text())
     assert report["meta"]["dtype"] == "bfloat16" and report["meta"]["autocast"]
     mk = next(row for row in report["linear"] if row["variant"] == "mk[cpu]")
@@ -132,17 +156,20 @@ def test_floor_bytes():
     assert bench.floor_extra_bytes(n, e, torch.bfloat16) == 2 * e * n * 4 + 2 * n * 2
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--expansion", "0"], "expansion must be >= 1"),
-    (["--expansion", "2,two"], "expansion must be an integer >= 1, got 'two'"),
-    (["--dtype", "float8"], "invalid choice: 'float8'"),
-    (["--device", "tpu"], "invalid choice: 'tpu'"),
-    (["--shapes", "8x16"], "bad shape '8x16'"),
-    (["--conv-shapes", "2x3x4x6x6"], "BxCINxCOUTxHxWxKERNEL"),
-    (["--backend", "nonexistent"], "unknown majority-kernels backend 'nonexistent'"),
-    (["--only", "attention"], "unknown section(s) ['attention']"),
-    (["--repeats", "0"], "must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--expansion", "0"], "expansion must be >= 1"),
+        (["--expansion", "2,two"], "expansion must be an integer >= 1, got 'two'"),
+        (["--dtype", "float8"], "invalid choice: 'float8'"),
+        (["--device", "tpu"], "invalid choice: 'tpu'"),
+        (["--shapes", "8x16"], "bad shape '8x16'"),
+        (["--conv-shapes", "2x3x4x6x6"], "BxCINxCOUTxHxWxKERNEL"),
+        (["--backend", "nonexistent"], "unknown majority-kernels backend 'nonexistent'"),
+        (["--only", "attention"], "unknown section(s) ['attention']"),
+        (["--repeats", "0"], "must be >= 1"),
+    ],
+)
 def test_bad_arguments(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", *args])
@@ -152,8 +179,9 @@ def test_bad_arguments(args, message, capsys):
 
 
 def test_backend_that_cannot_run(monkeypatch, capsys):
-    unrunnable = dataclasses.replace(backends.BACKENDS["reference"], name="unrunnable",
-                                     unavailable=lambda device: "it never runs")
+    unrunnable = dataclasses.replace(
+        backends.BACKENDS["reference"], name="unrunnable", unavailable=lambda device: "it never runs"
+    )
     monkeypatch.setitem(backends.BACKENDS, "unrunnable", unrunnable)
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--backend", "unrunnable"])
@@ -176,8 +204,9 @@ def test_no_command_is_an_error(capsys):
 
 
 def test_python_dash_m():
-    result = subprocess.run([sys.executable, "-m", "majority_kernels", "bench", "--help"], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "majority_kernels", "bench", "--help"], capture_output=True, text=True, check=True
+    )
     assert "--conv-shapes" in result.stdout and "--no-compile" in result.stdout
 
 

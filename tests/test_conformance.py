@@ -44,8 +44,13 @@ class Pair:
 
 def _pair_params() -> list:
     params = []
-    for backend, device in [("reference", "cpu"), ("cpu", "cpu"), ("triton", "cpu"), ("triton", "cuda"),
-                            ("cuda", "cuda")]:
+    for backend, device in [
+        ("reference", "cpu"),
+        ("cpu", "cpu"),
+        ("triton", "cpu"),
+        ("triton", "cuda"),
+        ("cuda", "cuda"),
+    ]:
         reason = backends.BACKENDS[backend].unavailable(torch.device(device))
         marks = [pytest.mark.skipif(reason is not None, reason=f"backend '{backend}' on {device}: {reason}")]
         if device == "cuda":
@@ -76,6 +81,7 @@ def _host(actual: torch.Tensor) -> torch.Tensor:
 
 # ---- combine ------------------------------------------------------------------------------------------------------
 
+
 @pair_param
 @ALIGNMENTS
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -104,6 +110,7 @@ def test_combine_dtypes(pair, dtype, out_dtype, misaligned, generator):
 
 
 # ---- scatter and scatter-accumulate ---------------------------------------------------------------------------------
+
 
 @pair_param
 @ALIGNMENTS
@@ -147,6 +154,7 @@ def test_scatter_accumulates_in_place(pair, expansion, dtype, grad_dtype, genera
 
 
 # ---- combine and scatter: layouts, edge values ------------------------------------------------------------------
+
 
 @pair_param
 def test_non_contiguous_weight_and_grad(pair, generator):
@@ -204,6 +212,7 @@ def test_counters_cross_the_32_bit_boundary_and_wrap(pair, generator):
 
 # ---- the mixing weights -------------------------------------------------------------------------------------------
 
+
 @pair_param
 @pytest.mark.parametrize("expansion", EXPANSIONS)
 def test_mixing_weights(pair, expansion, generator):
@@ -221,12 +230,14 @@ def test_mixing_weights(pair, expansion, generator):
 def test_mixing_weights_match_vectors(pair, rng_vectors):
     with _on(pair):
         for case in rng_vectors["mixing"]:
-            p = mk.functional.mixing_weights(case["e"], case["n"], case["seed"], case["offset"], device=pair.device,
-                                             dtype=torch.float64)
+            p = mk.functional.mixing_weights(
+                case["e"], case["n"], case["seed"], case["offset"], device=pair.device, dtype=torch.float64
+            )
             torch.testing.assert_close(p.cpu(), torch.tensor(case["P"], dtype=torch.float64), rtol=0, atol=1e-6)
 
 
 # ---- the linear layer ---------------------------------------------------------------------------------------------
+
 
 def _check_layer_against_reference(pair, functional, reference_fn, x, weight, bias, generator, gemm=True):
     """functional(x, weight, bias, seed, offset) on the pair against reference_fn(x, W_eff, bias) in float64: the
@@ -259,8 +270,14 @@ def test_linear(pair, expansion, shape, with_bias, generator):
     weight = randn(expansion, out_features, in_features, generator=generator, device=pair.device)
     bias = randn(out_features, generator=generator, device=pair.device) if with_bias else None
     _check_layer_against_reference(
-        pair, lambda x, w, b, seed, offset: mk.functional.majority_linear(x, w, b, seed=seed, offset=offset),
-        F.linear, x, weight, bias, generator)
+        pair,
+        lambda x, w, b, seed, offset: mk.functional.majority_linear(x, w, b, seed=seed, offset=offset),
+        F.linear,
+        x,
+        weight,
+        bias,
+        generator,
+    )
 
 
 @pair_param
@@ -289,8 +306,11 @@ CONVS = [
     (2, 2, 3, 3, (6, 6), dict(dilation=2, padding="same")),
     (3, 2, 3, 2, (4, 5, 3), dict()),
 ]
-CONV_FUNCTIONS = {1: (mk.functional.majority_conv1d, F.conv1d), 2: (mk.functional.majority_conv2d, F.conv2d),
-                  3: (mk.functional.majority_conv3d, F.conv3d)}
+CONV_FUNCTIONS = {
+    1: (mk.functional.majority_conv1d, F.conv1d),
+    2: (mk.functional.majority_conv2d, F.conv2d),
+    3: (mk.functional.majority_conv3d, F.conv3d),
+}
 
 
 @pair_param
@@ -304,8 +324,14 @@ def test_conv(pair, expansion, case, generator):
     bias = randn(cout, generator=generator, device=pair.device)
     mixed_conv, dense_conv = CONV_FUNCTIONS[dims]
     _check_layer_against_reference(
-        pair, lambda x, w, b, seed, offset: mixed_conv(x, w, b, **keywords, seed=seed, offset=offset),
-        lambda x, w, b: dense_conv(x, w, b, **keywords), x, weight, bias, generator)
+        pair,
+        lambda x, w, b, seed, offset: mixed_conv(x, w, b, **keywords, seed=seed, offset=offset),
+        lambda x, w, b: dense_conv(x, w, b, **keywords),
+        x,
+        weight,
+        bias,
+        generator,
+    )
 
 
 # ---- embeddings ---------------------------------------------------------------------------------------------------
@@ -329,8 +355,9 @@ def _indices(rows, shape, generator, device, dtype=torch.int64):
 @pytest.mark.parametrize("table", TABLES, ids=str)
 def test_embedding(pair, table, expansion, index_dtype, generator):
     rows, dim, shape = table
-    weight = randn(expansion, rows, dim, generator=generator, device=pair.device, dtype=torch.float64,
-                   misaligned=dim % 2 == 1).requires_grad_()
+    weight = randn(
+        expansion, rows, dim, generator=generator, device=pair.device, dtype=torch.float64, misaligned=dim % 2 == 1
+    ).requires_grad_()
     indices = _indices(rows, shape, generator, pair.device, index_dtype)
     seed, offset = random_seed(generator), random_offset(generator)
     with _on(pair):
@@ -352,8 +379,7 @@ def test_embedding_dtypes(pair, dtype, generator):
     with _on(pair):
         out = mk.functional.majority_embedding(indices, weight, seed=seed, offset=offset)
     assert out.dtype == dtype  # as F.embedding: the table's dtype
-    assert_matches_reference(_host(out), reference.embedding_combine(cpu64(weight), indices.cpu(), seed, offset),
-                             dtype)
+    assert_matches_reference(_host(out), reference.embedding_combine(cpu64(weight), indices.cpu(), seed, offset), dtype)
     grad = randn(3, 5, 40, generator=generator, device=pair.device, dtype=dtype)
     (grad_weight,) = torch.autograd.grad(out, weight, grad)
     assert grad_weight.dtype == dtype
@@ -372,6 +398,7 @@ def test_embedding_empty_lookups_and_empty_rows(pair, generator):
     with _on(pair):
         assert mk.functional.majority_embedding(empty, weight, seed=1).shape == (0, 5, 3)
         no_columns = torch.empty(2, 4, 0, device=pair.device)
-        assert mk.functional.majority_embedding(torch.tensor([1, 3], device=pair.device), no_columns,
-                                                seed=1).shape == (2, 0)
-
+        assert mk.functional.majority_embedding(torch.tensor([1, 3], device=pair.device), no_columns, seed=1).shape == (
+            2,
+            0,
+        )

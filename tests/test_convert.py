@@ -17,8 +17,10 @@ class Net(nn.Module):
     def __init__(self, dtype=torch.float32):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1, dtype=dtype), nn.ReLU(),
-            nn.Sequential(nn.Conv2d(6, 6, 3, padding=1, groups=2, padding_mode="reflect", dtype=dtype), nn.Tanh()))
+            nn.Conv2d(3, 6, 3, padding=1, dtype=dtype),
+            nn.ReLU(),
+            nn.Sequential(nn.Conv2d(6, 6, 3, padding=1, groups=2, padding_mode="reflect", dtype=dtype), nn.Tanh()),
+        )
         self.volume = nn.Conv3d(1, 1, (1, 1, 1), bias=False, dtype=dtype)
         self.proj = nn.Conv1d(6, 8, 1, dtype=dtype)
         self.norm = nn.LayerNorm(8, dtype=dtype)
@@ -26,16 +28,22 @@ class Net(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(8, 16, dtype=dtype), nn.GELU(), nn.Linear(16, 4, dtype=dtype))
 
     def forward(self, x):
-        x = self.features(x)                                      # [B, 6, H, W]
-        x = self.volume(x.unsqueeze(1)).squeeze(1)                # Conv3d over [B, 1, 6, H, W]
-        x = self.proj(x.flatten(2)).transpose(1, 2)               # [B, H*W, 8]
+        x = self.features(x)  # [B, 6, H, W]
+        x = self.volume(x.unsqueeze(1)).squeeze(1)  # Conv3d over [B, 1, 6, H, W]
+        x = self.proj(x.flatten(2)).transpose(1, 2)  # [B, H*W, 8]
         x = self.norm(x)
         x = x + self.attn(x, x, x, need_weights=False)[0]
-        return self.mlp(x).mean(1)                                # [B, 4]
+        return self.mlp(x).mean(1)  # [B, 4]
 
 
-CONVERTED = {"features.0": mk.MKConv2d, "features.2.0": mk.MKConv2d, "volume": mk.MKConv3d,
-             "proj": mk.MKConv1d, "mlp.0": mk.MKLinear, "mlp.2": mk.MKLinear}
+CONVERTED = {
+    "features.0": mk.MKConv2d,
+    "features.2.0": mk.MKConv2d,
+    "volume": mk.MKConv3d,
+    "proj": mk.MKConv1d,
+    "mlp.0": mk.MKLinear,
+    "mlp.2": mk.MKLinear,
+}
 # The weights nn.MultiheadAttention's forward reads, expanded in place and bound at the attention module.
 EXPANDED_IN_PLACE = ("attn.in_proj_weight", "attn.out_proj.weight")
 
@@ -92,8 +100,9 @@ def test_converted_multihead_attention_still_works(generator):
         torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("dense, mk_type", [(lambda: nn.Linear(4, 3), mk.MKLinear),
-                                            (lambda: nn.Conv2d(2, 3, 3), mk.MKConv2d)])
+@pytest.mark.parametrize(
+    "dense, mk_type", [(lambda: nn.Linear(4, 3), mk.MKLinear), (lambda: nn.Conv2d(2, 3, 3), mk.MKConv2d)]
+)
 def test_convert_root_layer_returns_mk_layer(dense, mk_type, generator):
     layer = dense()
     result = mk.convert(layer, 2)

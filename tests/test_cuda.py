@@ -44,8 +44,15 @@ device_randn = functools.partial(randn, device=DEVICE)
 device_seed = functools.partial(seed_tensor, device=DEVICE)
 # 1..4: one Philox group of draws in registers; from 5 on, several groups and a two-pass scatter.
 GPU_EXPANSIONS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 16]
-OP_NAMES = ["combine", "scatter", "scatter_add_", "mixing_weights", "embedding_combine", "embedding_scatter_add_",
-            "mixed_linear"]
+OP_NAMES = [
+    "combine",
+    "scatter",
+    "scatter_add_",
+    "mixing_weights",
+    "embedding_combine",
+    "embedding_scatter_add_",
+    "mixed_linear",
+]
 
 _CUDA_REASON = backends.BACKENDS["cuda"].unavailable(torch.device("cuda"))
 needs_cuda_kernels = pytest.mark.skipif(_CUDA_REASON is not None, reason=f"backend 'cuda': {_CUDA_REASON}")
@@ -53,6 +60,7 @@ needs_extension = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="the C++ exte
 
 
 # ---- build and backend glue (no GPU needed) ---------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def build_script():
@@ -96,6 +104,7 @@ def test_toolkit_root_of_the_nvcc_on_path(build_script):
 
 # ---- the kernels' per-pack bodies on the CPU (no GPU needed) -----------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def pack_host(tmp_path_factory):
     """tests/cuda_pack_host.cpp compiled with the host C++ compiler and loaded with ctypes."""
@@ -104,8 +113,9 @@ def pack_host(tmp_path_factory):
 
 def _pack_call(pack_host, op, seed, offset, expansion, *tensors_and_flags):
     name = f"mk_{op}_{'double' if tensors_and_flags[0].dtype == torch.float64 else 'float'}"
-    args = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else ctypes.c_int64(a)
-            for a in tensors_and_flags]
+    args = [
+        ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else ctypes.c_int64(a) for a in tensors_and_flags
+    ]
     getattr(pack_host, name)(ctypes.c_uint64(seed), ctypes.c_uint64(offset), ctypes.c_int64(expansion), *args)
 
 
@@ -146,8 +156,9 @@ def test_linear_path_choice(monkeypatch):
     gpu = torch.device("cuda")
     # The threshold comes from the GPU's tuning table (tests/test_tuning.py); its value here is the one in force.
     max_rows = 5
-    monkeypatch.setattr(tuning, "for_device",
-                        lambda device: dataclasses.replace(tuning.DEFAULTS, cuda_fused_max_rows=max_rows))
+    monkeypatch.setattr(
+        tuning, "for_device", lambda device: dataclasses.replace(tuning.DEFAULTS, cuda_fused_max_rows=max_rows)
+    )
     assert cuda_ops.linear_path(1, f32, bf16, gpu, 4) == "fused"
     assert cuda_ops.linear_path(max_rows, f32, f32, gpu, 4) == "fused"
     assert cuda_ops.linear_path(max_rows + 1, f32, f32, gpu, 4) == "combine"
@@ -189,8 +200,11 @@ def mixed_linear_on_cpu():
     if torch._C._dispatch_has_kernel_for_dispatch_key("majority_kernels::mixed_linear", "CPU"):
         pytest.skip("mixed_linear already has a CPU kernel")
     library = torch.library.Library("majority_kernels", "IMPL")
-    library.impl("mixed_linear", lambda x, w, b, seed, offset: torch.nn.functional.linear(
-        x, OPS.combine(w, seed, offset, x.dtype), b), "CPU")
+    library.impl(
+        "mixed_linear",
+        lambda x, w, b, seed, offset: torch.nn.functional.linear(x, OPS.combine(w, seed, offset, x.dtype), b),
+        "CPU",
+    )
     yield
     library._destroy()
 
@@ -217,8 +231,9 @@ def test_mixed_linear_autograd_accumulates_in_place_and_checks_the_weight(mixed_
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
     non_leaf = torch.randn(3, 5, 7, generator=generator, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w: OPS.mixed_linear(x, w * 1.0, bias, seed, 0),
-                                    (x.detach().requires_grad_(), non_leaf))
+    assert torch.autograd.gradcheck(
+        lambda x, w: OPS.mixed_linear(x, w * 1.0, bias, seed, 0), (x.detach().requires_grad_(), non_leaf)
+    )
 
 
 @needs_extension
@@ -234,6 +249,7 @@ def test_gpu_machine_has_the_cuda_kernels():
 
 # ---- the kernels on the GPU: bit-identical uniforms, the seed read on the device, registration, bad input ------
 
+
 @pytest.mark.gpu
 @needs_cuda_kernels
 @pytest.mark.parametrize("expansion", GPU_EXPANSIONS)
@@ -245,8 +261,9 @@ def test_uniforms_identical_to_the_reference(expansion, generator):
     for offset in (0, 2**32 - 5000, 2**64 - 3000):
         with mk.use_backend("cuda"):
             p = mk.functional.scatter(ones, seed, offset, expansion)
-        torch.testing.assert_close(p.cpu(), reference.mixing_weights(expansion, 4099, seed, offset),
-                                   **TOLERANCES[torch.float64])
+        torch.testing.assert_close(
+            p.cpu(), reference.mixing_weights(expansion, 4099, seed, offset), **TOLERANCES[torch.float64]
+        )
 
 
 @pytest.mark.gpu
@@ -293,8 +310,9 @@ def test_bad_input_errors():
     with pytest.raises(RuntimeError, match="grad_weight must have shape"):
         OPS.scatter_add_(torch.zeros(3, 4, 6, device="cuda"), torch.zeros(4, 5, device="cuda"), device_seed(1), 0)
     with pytest.raises(RuntimeError, match="grad_weight must be contiguous"):
-        OPS.scatter_add_(torch.zeros(3, 5, 4, device="cuda").transpose(1, 2), torch.zeros(4, 5, device="cuda"),
-                         device_seed(1), 0)
+        OPS.scatter_add_(
+            torch.zeros(3, 5, 4, device="cuda").transpose(1, 2), torch.zeros(4, 5, device="cuda"), device_seed(1), 0
+        )
     with pytest.raises(RuntimeError, match="weight must be a CUDA tensor"):
         OPS.mixed_linear(torch.zeros(2, 5, device="cuda"), weight.cpu(), None, device_seed(1), 0)
     with pytest.raises(RuntimeError, match="input must have shape"):
@@ -307,6 +325,7 @@ def test_bad_input_errors():
 
 # ---- the fused small-M forward ---------------------------------------------------------------------------------
 
+
 def _linear_reference(x, weight, bias, seed, offset):
     mixed = reference.combine(cpu64(weight), seed, offset)
     out = cpu64(x) @ mixed.T
@@ -314,20 +333,28 @@ def _linear_reference(x, weight, bias, seed, offset):
 
 
 # (weight dtype, compute dtype): the pairs the fused kernel is built for.
-LINEAR_DTYPES = [(torch.float32, torch.float32), (torch.float32, torch.bfloat16), (torch.float32, torch.float16),
-                 (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16), (torch.float64, torch.float64)]
+LINEAR_DTYPES = [
+    (torch.float32, torch.float32),
+    (torch.float32, torch.bfloat16),
+    (torch.float32, torch.float16),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float16, torch.float16),
+    (torch.float64, torch.float64),
+]
 
 
 @pytest.mark.gpu
 @needs_cuda_kernels
 @pytest.mark.parametrize("dtypes", LINEAR_DTYPES, ids=str)
-@pytest.mark.parametrize("rows, out_features, in_features", [(1, 1, 1), (3, 7, 33), (16, 64, 256), (17, 5, 129),
-                                                             (40, 9, 8)])
+@pytest.mark.parametrize(
+    "rows, out_features, in_features", [(1, 1, 1), (3, 7, 33), (16, 64, 256), (17, 5, 129), (40, 9, 8)]
+)
 @pytest.mark.parametrize("expansion", [1, 5, 11])
 def test_fused_linear_matches_reference(expansion, rows, out_features, in_features, dtypes, generator):
     weight_dtype, dtype = dtypes
-    weight = device_randn(expansion, out_features, in_features, generator=generator, dtype=weight_dtype,
-                    misaligned=expansion == 5)
+    weight = device_randn(
+        expansion, out_features, in_features, generator=generator, dtype=weight_dtype, misaligned=expansion == 5
+    )
     x = device_randn(rows, in_features, generator=generator, dtype=dtype, misaligned=rows == 3)
     bias = device_randn(out_features, generator=generator, dtype=dtype) if rows != 17 else None
     seed, offset = random_seed(generator), random_offset(generator)
@@ -379,12 +406,14 @@ def test_compiled_linear(rows, generator):
     seed = device_seed(99)
     with mk.use_backend("cuda"):
         eager = mk.functional.majority_linear(x, weight, seed=seed, offset=5)
-        compiled = torch.compile(lambda a, w: mk.functional.majority_linear(a, w, seed=seed, offset=5),
-                                 fullgraph=True)(x, weight)
+        compiled = torch.compile(lambda a, w: mk.functional.majority_linear(a, w, seed=seed, offset=5), fullgraph=True)(
+            x, weight
+        )
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
 # ---- CUDA graphs -------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.gpu
 @needs_cuda_kernels

@@ -22,8 +22,15 @@ def host(tmp_path_factory):
     library = host_library("cuda_launch_host.cpp", tmp_path_factory.mktemp("launch_host"))
     library.mk_grid_blocks.restype = ctypes.c_uint
     library.mk_grid_blocks.argtypes = [ctypes.c_int64, ctypes.c_int, ctypes.c_int]
-    library.mk_vector_access.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
-                                         ctypes.c_int64, ctypes.c_int, ctypes.c_int64]
+    library.mk_vector_access.argtypes = [
+        ctypes.c_uint64,
+        ctypes.c_uint64,
+        ctypes.c_uint64,
+        ctypes.c_uint64,
+        ctypes.c_int64,
+        ctypes.c_int,
+        ctypes.c_int64,
+    ]
     library.mk_strided.restype = ctypes.c_int64
     library.mk_strided.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64]
     for name in ("mk_cover_elementwise", "mk_cover_rows", "mk_cover_linear"):
@@ -39,8 +46,19 @@ def _pointer(array: np.ndarray) -> ctypes.c_void_p:
     return ctypes.c_void_p(array.ctypes.data)
 
 
-@pytest.mark.parametrize("items, expected", [(0, 1), (1, 1), (THREADS, 1), (THREADS + 1, 2), (100 * THREADS, 100),
-                                             (10**6, 132 * 8), (2**62, 132 * 8), (INT64_MAX, 132 * 8)])
+@pytest.mark.parametrize(
+    "items, expected",
+    [
+        (0, 1),
+        (1, 1),
+        (THREADS, 1),
+        (THREADS + 1, 2),
+        (100 * THREADS, 100),
+        (10**6, 132 * 8),
+        (2**62, 132 * 8),
+        (INT64_MAX, 132 * 8),
+    ],
+)
 def test_grid_blocks_fill_the_device_and_no_more(host, items, expected):
     assert host.mk_grid_blocks(items, *H200) == expected
 
@@ -91,24 +109,29 @@ def test_embedding_row_packs_cover_every_element_once(host, lookups, dim, lanes,
 @pytest.mark.parametrize("rows", [1, 5, 16, 17, 40])
 @pytest.mark.parametrize("features_out, features_in", [(1, 1), (7, 13), (100, 64), (21, 300)])
 def test_fused_linear_writes_every_output_once_and_reads_the_weight_once_per_tile(
-        host, rows, features_out, features_in, lanes, device):
+    host, rows, features_out, features_in, lanes, device
+):
     written, read = _counts(rows * features_out), _counts(features_out * features_in)
-    blocks = host.mk_cover_linear(rows, features_out, features_in, lanes, 16, *device, _pointer(written),
-                                  _pointer(read))
+    blocks = host.mk_cover_linear(
+        rows, features_out, features_in, lanes, 16, *device, _pointer(written), _pointer(read)
+    )
     assert blocks >= 1, "an output feature or input column out of range"
     assert (written == 1).all()
     assert (read == -(-rows // 16)).all()  # once per tile of 16 rows
 
 
 # Addresses and pack sizes in bytes: float32 packs of 4 elements are 16 bytes, bfloat16 ones 8.
-@pytest.mark.parametrize("a, b, b_pack, stride, lanes, segments, expected", [
-    (0x1000, 0x2000, 16, 1024, 4, 4, True),      # aligned, every copy starts on a pack
-    (0x1004, 0x2000, 16, 1024, 4, 4, False),     # a view one float into its storage
-    (0x1000, 0x2004, 16, 1024, 4, 4, False),
-    (0x1000, 0x2000, 16, 1023, 4, 4, False),     # copy 1 would start mid-pack
-    (0x1000, 0x2000, 16, 1023, 4, 1, True),      # a single run: its tail is handled element by element
-    (0x1000, 0x2008, 8, 1024, 4, 2, True),       # a bfloat16 output needs 8-byte alignment only
-    (0x1000, 0x2008, 16, 1024, 4, 2, False),
-])
+@pytest.mark.parametrize(
+    "a, b, b_pack, stride, lanes, segments, expected",
+    [
+        (0x1000, 0x2000, 16, 1024, 4, 4, True),  # aligned, every copy starts on a pack
+        (0x1004, 0x2000, 16, 1024, 4, 4, False),  # a view one float into its storage
+        (0x1000, 0x2004, 16, 1024, 4, 4, False),
+        (0x1000, 0x2000, 16, 1023, 4, 4, False),  # copy 1 would start mid-pack
+        (0x1000, 0x2000, 16, 1023, 4, 1, True),  # a single run: its tail is handled element by element
+        (0x1000, 0x2008, 8, 1024, 4, 2, True),  # a bfloat16 output needs 8-byte alignment only
+        (0x1000, 0x2008, 16, 1024, 4, 2, False),
+    ],
+)
 def test_vector_access_verdict(host, a, b, b_pack, stride, lanes, segments, expected):
     assert bool(host.mk_vector_access(a, 16, b, b_pack, stride, lanes, segments)) is expected

@@ -25,8 +25,7 @@ def make_model() -> nn.Module:
 
 def full_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(100 + step)
-    return (torch.randn(8, 6, generator=generator, dtype=torch.float64),
-            torch.randint(0, 4, (8,), generator=generator))
+    return (torch.randn(8, 6, generator=generator, dtype=torch.float64), torch.randint(0, 4, (8,), generator=generator))
 
 
 def run_steps(model: nn.Module, shard: slice) -> list[float]:
@@ -47,8 +46,10 @@ def run_steps(model: nn.Module, shard: slice) -> list[float]:
 
 def full_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole parameters, gathered where they are sharded (FSDP2 DTensors)."""
-    return {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
-            for name, p in model.named_parameters()}
+    return {
+        name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+        for name, p in model.named_parameters()
+    }
 
 
 def _train_on_rank(rank: int, strategy: str) -> dict:
@@ -58,6 +59,7 @@ def _train_on_rank(rank: int, strategy: str) -> dict:
         wrapped = nn.parallel.DistributedDataParallel(model)
     else:
         from torch.distributed.fsdp import fully_shard
+
         for layer in model:
             if isinstance(layer, mk.MKLinear):
                 fully_shard(layer)  # the [e, out, in] weight is sharded along its first dimension
@@ -70,8 +72,9 @@ def _train_on_rank(rank: int, strategy: str) -> dict:
 
 
 def _worker(rank: int, init_file: str, strategy: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=120)
+    )
     try:
         result = _train_on_rank(rank, strategy)
         gc.collect()  # DDP's reducer must go before its process group, or its destructor can wait forever
@@ -85,8 +88,9 @@ def _worker(rank: int, init_file: str, strategy: str, out: str) -> None:
 def _spawn(strategy: str, tmp_path, timeout: float = 300.0) -> dict:
     """Runs the ranks; a rank that hangs fails the test (after `timeout` seconds) instead of hanging the suite."""
     out = tmp_path / "rank0.pt"
-    context = mp.start_processes(_worker, args=(str(tmp_path / "init"), strategy, str(out)), nprocs=WORLD,
-                                 join=False, start_method="spawn")
+    context = mp.start_processes(
+        _worker, args=(str(tmp_path / "init"), strategy, str(out)), nprocs=WORLD, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + timeout
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
@@ -106,8 +110,9 @@ def _assert_equals_single_process(result: dict) -> None:
     _, expected = _single_process()
     assert result["parameters"].keys() == expected.keys()
     for name, value in expected.items():
-        torch.testing.assert_close(result["parameters"][name], value, rtol=1e-12, atol=1e-12,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            result["parameters"][name], value, rtol=1e-12, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")

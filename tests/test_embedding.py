@@ -26,8 +26,15 @@ F64 = TOLERANCES[torch.float64]
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 # (rows, dim, indices shape): 1, primes, dims around the kernels' 128-column blocks, 0-d and 3-d indices.
-TABLE_CASES = [(1, 1, ()), (7, 3, (5,)), (13, 130, (2, 3)), (5, 257, (4,)), (31, 127, (3, 2, 2)),
-               (3, 128, (6,)), (2, 129, (1, 1))]
+TABLE_CASES = [
+    (1, 1, ()),
+    (7, 3, (5,)),
+    (13, 130, (2, 3)),
+    (5, 257, (4,)),
+    (31, 127, (3, 2, 2)),
+    (3, 128, (6,)),
+    (2, 129, (1, 1)),
+]
 TABLE_IDS = [f"{rows}x{dim}-idx{list(shape)}" for rows, dim, shape in TABLE_CASES]
 
 
@@ -109,8 +116,10 @@ def test_opcheck(dtype, index_dtype):
     seed = torch.tensor(12345)
     torch.library.opcheck(OPS.embedding_combine.default, (weight, indices, seed, 11, None))
     torch.library.opcheck(OPS.embedding_combine.default, (weight, indices, seed, 11, torch.bfloat16))
-    torch.library.opcheck(OPS.embedding_scatter_add_.default,
-                          (torch.randn(3, 6, 5, dtype=dtype), torch.randn(2, 3, 5, dtype=dtype), indices, seed, 11))
+    torch.library.opcheck(
+        OPS.embedding_scatter_add_.default,
+        (torch.randn(3, 6, 5, dtype=dtype), torch.randn(2, 3, 5, dtype=dtype), indices, seed, 11),
+    )
 
 
 @needs_extension
@@ -277,8 +286,7 @@ def test_train_forward_equals_functional_and_reference(expansion, shape, generat
     indices = random_indices(9, shape, generator)
     out, seed = forward_with_seed(layer, indices)
     assert out.shape == (*shape, 6)
-    torch.testing.assert_close(out, mk.functional.majority_embedding(indices, layer.weight, seed=seed), rtol=0,
-                               atol=0)
+    torch.testing.assert_close(out, mk.functional.majority_embedding(indices, layer.weight, seed=seed), rtol=0, atol=0)
     torch.testing.assert_close(out, reference.combine(layer.weight.detach(), seed)[indices], **F64)
 
 
@@ -416,9 +424,11 @@ def test_convert_and_collapse_embeddings_when_asked():
     original.load_state_dict(model.state_dict())  # the collapsed state_dict fits the unconverted model
 
 
-@pytest.mark.parametrize("layer_types, expanded", [((nn.Linear,), False), ((nn.Embedding,), False),
-                                                   ((nn.Embedding, nn.Linear), True)],
-                         ids=["linear", "embedding", "both"])
+@pytest.mark.parametrize(
+    "layer_types, expanded",
+    [((nn.Linear,), False), ((nn.Embedding,), False), ((nn.Embedding, nn.Linear), True)],
+    ids=["linear", "embedding", "both"],
+)
 @pytest.mark.filterwarnings("ignore:convert expanded no weight")  # layer_types=(nn.Embedding,) chooses nothing
 def test_convert_expands_a_tied_embedding_and_head_only_together(layer_types, expanded):
     model = LanguageModel(tie=True)
@@ -434,8 +444,9 @@ def test_convert_expands_a_tied_embedding_and_head_only_together(layer_types, ex
 
 def test_convert_tied_model_with_the_tie_filtered_out():
     model = LanguageModel(tie=True)
-    mk.convert(model, 2, layer_types=(nn.Embedding, nn.Linear), filter=lambda name, layer: name not in {"embed",
-                                                                                                         "head"})
+    mk.convert(
+        model, 2, layer_types=(nn.Embedding, nn.Linear), filter=lambda name, layer: name not in {"embed", "head"}
+    )
     assert isinstance(model.body, mk.MKLinear) and model.head.weight is model.embed.weight
 
 
@@ -464,8 +475,11 @@ def test_out_of_range_index(backend, bad):
 @needs_extension
 def test_kernels_reject_out_of_range_index():
     seed = torch.tensor(1)
-    with pytest.raises(IndexError, match=r"embedding_combine: index -3 \(at flat position 4 of indices\) is out of "
-                                         r"range for a table of 5 rows"):
+    with pytest.raises(
+        IndexError,
+        match=r"embedding_combine: index -3 \(at flat position 4 of indices\) is out of "
+        r"range for a table of 5 rows",
+    ):
         OPS.embedding_combine(torch.randn(2, 5, 3), torch.tensor([[0, 1], [2, 3], [-3, 4]]), seed, 0, None)
     with pytest.raises(IndexError, match="embedding_scatter_add_: index 5 .* 5 rows"):
         OPS.embedding_scatter_add_(torch.zeros(2, 5, 3), torch.ones(2, 3), torch.tensor([1, 5]), seed, 0)

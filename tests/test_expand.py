@@ -32,8 +32,9 @@ class StandardisedConv(nn.Conv2d):
     """A Conv2d subclass whose forward transforms its weight first (as timm's StdConv2d)."""
 
     def forward(self, x):
-        weight = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (self.weight.std((1, 2, 3),
-                                                                                          keepdim=True) + 1e-5)
+        weight = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (
+            self.weight.std((1, 2, 3), keepdim=True) + 1e-5
+        )
         return F.conv2d(x, weight, self.bias, self.stride, self.padding)
 
 
@@ -42,8 +43,11 @@ def expected_mixed(copies, anchor):
     return functional.combine(copies.detach(), functional.draw_seed(copies, anchor))
 
 
-@pytest.mark.parametrize("module", [lambda: NonDynamicallyQuantizableLinear(4, 3), lambda: StandardisedConv(2, 3, 3)],
-                         ids=["linear-subclass", "conv-subclass"])
+@pytest.mark.parametrize(
+    "module",
+    [lambda: NonDynamicallyQuantizableLinear(4, 3), lambda: StandardisedConv(2, 3, 3)],
+    ids=["linear-subclass", "conv-subclass"],
+)
 def test_convert_expands_subclasses_in_place(module, generator):
     layer = module()
     dense = copy.deepcopy(layer)
@@ -51,8 +55,11 @@ def test_convert_expands_subclasses_in_place(module, generator):
     assert result is layer and type(layer) is type(dense)
     assert layer.weight.shape == (3, *dense.weight.shape) and summary.share() == 1.0
     assert summary.weights[0].how == "expanded"
-    x = torch.randn(2, 4, generator=generator) if isinstance(dense, nn.Linear) else torch.randn(
-        1, 2, 5, 5, generator=generator)
+    x = (
+        torch.randn(2, 4, generator=generator)
+        if isinstance(dense, nn.Linear)
+        else torch.randn(1, 2, 5, 5, generator=generator)
+    )
     layer.eval()
     with torch.no_grad():
         assert torch.equal(layer(x), dense(x))
@@ -129,8 +136,11 @@ def test_concurrent_forwards_of_one_module_each_see_their_weight(generator):
 def test_checkpointed_forward_recomputes_the_same_mixture(generator):
     def build():
         torch.manual_seed(0)
-        return mk.convert(nn.Sequential(NonDynamicallyQuantizableLinear(8, 8), nn.Tanh(),
-                                        NonDynamicallyQuantizableLinear(8, 2)), 3, init="independent").train()
+        return mk.convert(
+            nn.Sequential(NonDynamicallyQuantizableLinear(8, 8), nn.Tanh(), NonDynamicallyQuantizableLinear(8, 2)),
+            3,
+            init="independent",
+        ).train()
 
     x = torch.randn(4, 8, generator=generator)
     plain, checkpointed = build(), build()
@@ -142,12 +152,16 @@ def test_checkpointed_forward_recomputes_the_same_mixture(generator):
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
 
 
-@pytest.mark.skipif(torch.__version__ < "2.5", reason="torch 2.4's compiler reads a module's parameters as they are "
-                    "at rest, not the mixed weight the forward binds (it fails on the copies' shape)")
+@pytest.mark.skipif(
+    torch.__version__ < "2.5",
+    reason="torch 2.4's compiler reads a module's parameters as they are "
+    "at rest, not the mixed weight the forward binds (it fails on the copies' shape)",
+)
 def test_compiled_fullgraph_train_step_equals_eager(generator):
     torch.manual_seed(0)
-    eager = mk.convert(nn.Sequential(StandardisedConv(2, 4, 3), nn.ReLU(), StandardisedConv(4, 2, 3)), 3,
-                       init="independent").train()
+    eager = mk.convert(
+        nn.Sequential(StandardisedConv(2, 4, 3), nn.ReLU(), StandardisedConv(4, 2, 3)), 3, init="independent"
+    ).train()
     compiled_model = copy.deepcopy(eager)
     compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 2, 9, 9, generator=generator)
@@ -190,8 +204,7 @@ def test_transformer_encoder_eval_takes_the_fast_path_and_equals_the_original(co
     assert model.layers[0].self_attn.in_proj_weight.shape == (4, 48, 16)
     fast_path = torch._transformer_encoder_layer_fwd
     calls = []
-    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", lambda *a, **k: calls.append(1) or fast_path(*a,
-                                                                                                             **k))
+    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", lambda *a, **k: calls.append(1) or fast_path(*a, **k))
     x = torch.randn(2, 5, 16, generator=generator)
     with context():
         out = model.eval()(x)
@@ -294,8 +307,13 @@ def test_meta_convert_to_empty_reset_parameters(init):
 
 def small_cnn(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), StandardisedConv(4, 4, 3, padding=1),
-                         nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        StandardisedConv(4, 4, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 3),
+    )
 
 
 def test_dense_state_dict_loads_into_a_converted_model(generator):
@@ -374,15 +392,20 @@ def test_gradient_norm_at_replicate_init_scales_by_sqrt_2_over_e_plus_1(expansio
     assert ratio == pytest.approx(math.sqrt(2 / (expansion + 1)), rel=0.03)
 
 
-@pytest.mark.parametrize("make, shape", [(lambda: nn.Bilinear(3, 4, 5), None),
-                                         (lambda: nn.ConvTranspose2d(3, 2, 3, stride=2), (2, 3, 5, 5))],
-                         ids=["bilinear", "conv-transpose"])
+@pytest.mark.parametrize(
+    "make, shape",
+    [(lambda: nn.Bilinear(3, 4, 5), None), (lambda: nn.ConvTranspose2d(3, 2, 3, stride=2), (2, 3, 5, 5))],
+    ids=["bilinear", "conv-transpose"],
+)
 def test_other_torch_layers_expand_in_place(make, shape, generator):
     layer = make()
     dense = copy.deepcopy(layer).eval()
     mk.convert(layer, 3, init="independent" if shape else "replicate")
-    inputs = ((torch.randn(2, 3, generator=generator), torch.randn(2, 4, generator=generator)) if shape is None
-              else (torch.randn(shape, generator=generator),))
+    inputs = (
+        (torch.randn(2, 3, generator=generator), torch.randn(2, 4, generator=generator))
+        if shape is None
+        else (torch.randn(shape, generator=generator),)
+    )
     if shape is None:
         with torch.no_grad():
             assert torch.equal(layer.eval()(*inputs), dense(*inputs))

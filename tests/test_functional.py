@@ -58,8 +58,13 @@ def test_linear_batched_input_without_bias(backend, generator):
 def test_linear_float64(backend, generator):
     x = torch.randn(4, 6, dtype=torch.float64, generator=generator)
     w = torch.randn(3, 5, 6, dtype=torch.float64, generator=generator)
-    _compare(backend, lambda x, w, seed, offset: mk.functional.majority_linear(x, w, seed=seed, offset=offset),
-             lambda x, w, seed, offset: _reference_linear(x, w, None, seed, offset), [x, w], 11)
+    _compare(
+        backend,
+        lambda x, w, seed, offset: mk.functional.majority_linear(x, w, seed=seed, offset=offset),
+        lambda x, w, seed, offset: _reference_linear(x, w, None, seed, offset),
+        [x, w],
+        11,
+    )
 
 
 CONV_CASES = [

@@ -18,8 +18,13 @@ import gpu_summary  # noqa: E402
 
 
 def _check(*args, env=None):
-    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": sys.executable, **(env or {})}, timeout=120)
+    return subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable, **(env or {})},
+        timeout=120,
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
@@ -41,12 +46,14 @@ def test_summary_of_a_report_and_a_table():
     bench = json.loads((ROOT / "benchmarks" / "results" / "cpu-intel-xeon-2cores-float32.json").read_text())
     bench["meta"]["cuda"] = None
     defaults = dataclasses.asdict(tuning.DEFAULTS)
-    table = {"majority_kernels": "0.1.0", "quick": True,
-             "thresholds": {**defaults, "triton_fused_forward_max_m": 16}}
+    table = {"majority_kernels": "0.1.0", "quick": True, "thresholds": {**defaults, "triton_fused_forward_max_m": 16}}
     steps = [{"step": "build", "status": "ok", "seconds": 80, "limit": 150}]
     text = gpu_summary.summary(bench, table, steps, defaults)
-    dense = next(row for row in bench["linear"] if row["variant"] == "naive" and row["shape"] == "256x1024x1024"
-                 and row["expansion"] == 4)
+    dense = next(
+        row
+        for row in bench["linear"]
+        if row["variant"] == "naive" and row["shape"] == "256x1024x1024" and row["expansion"] == 4
+    )
     assert f"{dense['time_s'] * 1e3:.3f}" in text  # the naive layer's time of that case
     assert "linear 256x1024x1024 e=4, one training step:" in text and "× compiled" in text
     assert "combine: mk[cpu]" in text and "steps: build ok 80 s" in text

@@ -22,8 +22,9 @@ _COUNT = "from sm90_instructions import elementwise_instructions; print(*element
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the benchmarks measure the kernels themselves")
 def test_combine_and_scatter_within_instruction_budget():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).parents[1] / "benchmarks"),
-                                         *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(pathlib.Path(__file__).parents[1] / "benchmarks"), *filter(None, [env.get("PYTHONPATH")])]
+    )
     result = subprocess.run([sys.executable, "-c", _COUNT], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     combine, scatter = map(float, result.stdout.split()[-2:])

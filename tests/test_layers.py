@@ -19,8 +19,7 @@ EXACTISH = dict(rtol=1e-12, atol=1e-14)  # float64, same computation up to summa
 
 MK_CONV = {1: mk.MKConv1d, 2: mk.MKConv2d, 3: mk.MKConv3d}
 DENSE_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-MAJORITY_CONV = {1: mk.functional.majority_conv1d, 2: mk.functional.majority_conv2d,
-                 3: mk.functional.majority_conv3d}
+MAJORITY_CONV = {1: mk.functional.majority_conv1d, 2: mk.functional.majority_conv2d, 3: mk.functional.majority_conv3d}
 
 # (dims, in_channels, out_channels, kernel_size, keyword arguments, input spatial shape)
 CONV_CASES = [
@@ -137,8 +136,16 @@ def test_conv_constructor_mirrors_dense(case, expansion):
     dims, cin, cout, k, kwargs, _ = case
     layer = MK_CONV[dims](cin, cout, k, **kwargs, expansion=expansion)
     dense = DENSE_CONV[dims](cin, cout, k, **kwargs)
-    for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-                 "padding_mode"):
+    for name in (
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "padding_mode",
+    ):
         assert getattr(layer, name) == getattr(dense, name), name
     assert layer.expansion == expansion
     assert layer.weight.shape == (expansion, *dense.weight.shape)
@@ -148,8 +155,7 @@ def test_conv_constructor_mirrors_dense(case, expansion):
 
 
 def test_conv_positional_arguments_like_dense():
-    layer = mk.MKConv2d(4, 6, (3, 1), (2, 1), (1, 0), (1, 1), 2, False, "reflect", "cpu", torch.float64,
-                        expansion=2)
+    layer = mk.MKConv2d(4, 6, (3, 1), (2, 1), (1, 0), (1, 1), 2, False, "reflect", "cpu", torch.float64, expansion=2)
     assert layer.kernel_size == (3, 1) and layer.stride == (2, 1) and layer.padding == (1, 0)
     assert layer.groups == 2 and layer.bias is None and layer.padding_mode == "reflect"
     assert layer.weight.dtype == torch.float64 and layer.weight.shape == (2, 6, 2, 3, 1)
@@ -179,8 +185,7 @@ def test_linear_train_forward_equals_functional_and_reference(expansion, shape, 
     x = torch.randn(*batch, fin, generator=generator, dtype=torch.float64)
     y, seed = forward_with_seed(layer, x)
     assert y.shape == (*batch, fout) and y.dtype == torch.float64
-    torch.testing.assert_close(y, mk.functional.majority_linear(x, layer.weight, layer.bias, seed=seed),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(y, mk.functional.majority_linear(x, layer.weight, layer.bias, seed=seed), rtol=0, atol=0)
     expected = F.linear(x, reference.combine(layer.weight.detach(), seed), layer.bias.detach())
     torch.testing.assert_close(y, expected, **F64)
 
@@ -197,8 +202,9 @@ def test_linear_train_forward_float32(generator):
     x = torch.randn(5, 9, generator=generator)
     y, seed = forward_with_seed(layer, x)
     assert y.dtype == torch.float32
-    expected = F.linear(x.double(), reference.combine(layer.weight.detach().double(), seed),
-                        layer.bias.detach().double())
+    expected = F.linear(
+        x.double(), reference.combine(layer.weight.detach().double(), seed), layer.bias.detach().double()
+    )
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -210,13 +216,13 @@ def test_conv_train_forward_equals_reference(case, expansion, generator):
     x = conv_input(dims, cin, spatial, generator)
     y, seed = forward_with_seed(layer, x)
     bias = None if layer.bias is None else layer.bias.detach()
-    expected = dense_conv_reference(dims, cin, cout, k, kwargs, reference.combine(layer.weight.detach(), seed),
-                                    bias, x)
+    expected = dense_conv_reference(dims, cin, cout, k, kwargs, reference.combine(layer.weight.detach(), seed), bias, x)
     assert y.shape == expected.shape
     torch.testing.assert_close(y, expected, **F64)
     if kwargs.get("padding_mode", "zeros") == "zeros":
-        functional = MAJORITY_CONV[dims](x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation,
-                                         layer.groups, seed=seed)
+        functional = MAJORITY_CONV[dims](
+            x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups, seed=seed
+        )
         torch.testing.assert_close(y, functional, rtol=0, atol=0)
 
 
@@ -226,8 +232,9 @@ def test_conv_unbatched_input(dims, generator):
     x = conv_input(dims, 2, (4,) * dims, generator, batch=None)
     y, seed = forward_with_seed(layer, x)
     expected = DENSE_CONV[dims](2, 3, 3, padding=1, dtype=torch.float64)
-    expected = functional_call(expected, {"weight": reference.combine(layer.weight.detach(), seed),
-                                          "bias": layer.bias.detach()}, (x,))
+    expected = functional_call(
+        expected, {"weight": reference.combine(layer.weight.detach(), seed), "bias": layer.bias.detach()}, (x,)
+    )
     assert y.shape == (3, *(4,) * dims)
     torch.testing.assert_close(y, expected, **F64)
 
@@ -539,8 +546,17 @@ def test_conv_to_dense(case, training, generator):
     dense = layer.to_dense()
     assert torch.equal(torch.get_rng_state(), state), "to_dense must not consume the global RNG"
     assert type(dense) is DENSE_CONV[dims] and dense.training == training
-    for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-                 "padding_mode", "_reversed_padding_repeated_twice"):
+    for name in (
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "padding_mode",
+        "_reversed_padding_repeated_twice",
+    ):
         assert getattr(dense, name) == getattr(reference_dense, name), name
     torch.testing.assert_close(dense.weight.detach(), layer.weight.detach().mean(0), **EXACTISH)
     assert (dense.bias is None) == (layer.bias is None)
@@ -579,8 +595,12 @@ DENSE_FACTORIES = {
     "conv3d": lambda: nn.Conv3d(2, 3, 2, dilation=2, bias=False),
 }
 MK_FOR = {nn.Linear: mk.MKLinear, nn.Conv1d: mk.MKConv1d, nn.Conv2d: mk.MKConv2d, nn.Conv3d: mk.MKConv3d}
-INPUTS = {nn.Linear: lambda d: (7, d.in_features), nn.Conv1d: lambda d: (2, d.in_channels, 9),
-          nn.Conv2d: lambda d: (2, d.in_channels, 5, 6), nn.Conv3d: lambda d: (1, d.in_channels, 5, 6, 5)}
+INPUTS = {
+    nn.Linear: lambda d: (7, d.in_features),
+    nn.Conv1d: lambda d: (2, d.in_channels, 9),
+    nn.Conv2d: lambda d: (2, d.in_channels, 5, 6),
+    nn.Conv3d: lambda d: (1, d.in_channels, 5, 6, 5),
+}
 
 
 @pytest.mark.parametrize("name", DENSE_FACTORIES)

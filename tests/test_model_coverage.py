@@ -14,8 +14,19 @@ import model_coverage  # noqa: E402
 sys.path.pop(0)
 
 # Models whose every non-embedding weight is read by a layer's own forward or an attention module's.
-EVERY_WEIGHT = {"bert", "gpt2", "llama", "t5", "vit", "nn.Transformer", "timm resnet18", "timm vit_tiny",
-                "timm convnext_atto", "timm efficientnet_b0", "timm resnetv2_50x1_bit"}
+EVERY_WEIGHT = {
+    "bert",
+    "gpt2",
+    "llama",
+    "t5",
+    "vit",
+    "nn.Transformer",
+    "timm resnet18",
+    "timm vit_tiny",
+    "timm convnext_atto",
+    "timm efficientnet_b0",
+    "timm resnetv2_50x1_bit",
+}
 
 
 @pytest.mark.parametrize("case", model_coverage.CASES, ids=[case.name for case in model_coverage.CASES])

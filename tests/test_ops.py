@@ -46,7 +46,8 @@ def test_gradcheck_majority_linear_and_conv():
     xc = torch.randn(2, 4, 6, 5, dtype=torch.float64, requires_grad=True)
     wc = torch.randn(3, 6, 2, 3, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, w: mk.functional.majority_conv2d(x, w, None, 2, 1, (2, 1), 2, seed=5), (xc, wc))
+        lambda x, w: mk.functional.majority_conv2d(x, w, None, 2, 1, (2, 1), 2, seed=5), (xc, wc)
+    )
 
 
 class _TwinProjections(torch.nn.Module):
@@ -66,9 +67,14 @@ class _TwinProjections(torch.nn.Module):
 def test_compile_fullgraph_training_matches_eager(backend):
     def make():
         torch.manual_seed(0)
-        return torch.nn.Sequential(mk.MKLinear(8, 16, expansion=3), torch.nn.ReLU(), _TwinProjections(),
-                                   mk.MKConv1d(1, 2, 3, padding=1, expansion=2), torch.nn.Flatten(),
-                                   torch.nn.Linear(32, 1))
+        return torch.nn.Sequential(
+            mk.MKLinear(8, 16, expansion=3),
+            torch.nn.ReLU(),
+            _TwinProjections(),
+            mk.MKConv1d(1, 2, 3, padding=1, expansion=2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(32, 1),
+        )
 
     with mk.use_backend(backend):
         assert_compiled_training_matches_eager(make, torch.randn(4, 1, 8), steps=3)

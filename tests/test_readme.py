@@ -8,7 +8,7 @@ README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 def test_quick_start_runs():
     text = README.read_text()
-    section = text[text.index("## Quick start"):]
+    section = text[text.index("## Quick start") :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     namespace: dict = {}
     exec(compile(code, "README quick start", "exec"), namespace)

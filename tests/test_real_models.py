@@ -45,9 +45,17 @@ def test_huggingface_bert_classifier_convert_train_collapse(layer_types):
     transformers = pytest.importorskip("transformers")
     if not transformers.is_torch_available():  # each transformers release needs a recent enough torch
         pytest.skip(f"transformers {transformers.__version__} does not support torch {torch.__version__}")
-    config = transformers.BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=48, max_position_embeddings=32, num_labels=3,
-                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = transformers.BertConfig(
+        vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=32,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(config)
     unconverted = transformers.BertForSequenceClassification(config)

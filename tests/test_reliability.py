@@ -338,8 +338,14 @@ def _largest(dtype: torch.dtype) -> float:
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_mean_of_finite_copies_near_the_limit_is_finite(dtype):
     big = _largest(dtype)
-    cases = [[big, -big, big], [-big, big, big, big], [big, big], [-big, -big, -big], [1.0, big, big],
-             [big, 1.0, -big, big]]
+    cases = [
+        [big, -big, big],
+        [-big, big, big, big],
+        [big, big],
+        [-big, -big, -big],
+        [1.0, big, big],
+        [big, 1.0, -big, big],
+    ]
     for values in cases:
         copies = torch.tensor(values, dtype=torch.float64).to(dtype).view(-1, 1).repeat(1, 3)
         mean = mean_of_copies(copies)
@@ -352,13 +358,28 @@ def test_mean_of_finite_copies_near_the_limit_is_finite(dtype):
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_mean_of_copies_propagates_inf_and_nan_as_torch_mean(dtype):
     inf, nan = math.inf, math.nan
-    cases = [[inf, 1.0, 2.0], [1.0, inf, 2.0], [-inf, 1.0], [2.0, -inf, -inf], [inf, -inf, 1.0], [nan, 1.0],
-             [1.0, nan], [inf, nan], [inf, inf]]
+    cases = [
+        [inf, 1.0, 2.0],
+        [1.0, inf, 2.0],
+        [-inf, 1.0],
+        [2.0, -inf, -inf],
+        [inf, -inf, 1.0],
+        [nan, 1.0],
+        [1.0, nan],
+        [inf, nan],
+        [inf, inf],
+    ]
     for values in cases:
         copies = torch.tensor(values, dtype=dtype).view(-1, 1)
         expected = copies.double().mean(0).to(dtype)
-        torch.testing.assert_close(mean_of_copies(copies), expected, equal_nan=True, rtol=0, atol=0,
-                                   msg=lambda m, values=values: f"{values}: {m}")
+        torch.testing.assert_close(
+            mean_of_copies(copies),
+            expected,
+            equal_nan=True,
+            rtol=0,
+            atol=0,
+            msg=lambda m, values=values: f"{values}: {m}",
+        )
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -366,9 +387,12 @@ def test_mean_of_copies_propagates_inf_and_nan_as_torch_mean(dtype):
 def test_mean_of_equal_copies_is_the_copy_bit_for_bit(dtype, expansion):
     generator = torch.Generator().manual_seed(expansion)
     finfo = torch.finfo(dtype)
-    values = torch.cat([torch.randn(200, generator=generator, dtype=torch.float64),
-                        torch.tensor([finfo.max, -finfo.max, finfo.tiny, finfo.tiny / 4, -finfo.tiny / 8, 0.0, -0.0,
-                                      1 / 3, 0.1])]).to(dtype)
+    values = torch.cat(
+        [
+            torch.randn(200, generator=generator, dtype=torch.float64),
+            torch.tensor([finfo.max, -finfo.max, finfo.tiny, finfo.tiny / 4, -finfo.tiny / 8, 0.0, -0.0, 1 / 3, 0.1]),
+        ]
+    ).to(dtype)
     copies = values.unsqueeze(0).repeat(expansion, 1)
     assert torch.equal(mean_of_copies(copies), values)
 
@@ -379,16 +403,19 @@ def test_mean_of_copies_is_accurate(dtype):
     copies = (torch.randn(5, 1000, generator=generator, dtype=torch.float64) * 10).to(dtype)
     expected = copies.double().mean(0)
     tolerance = {torch.float64: 1e-15, torch.float32: 3e-7, torch.bfloat16: 4e-3, torch.float16: 5e-4}[dtype]
-    torch.testing.assert_close(mean_of_copies(copies).double(), expected, rtol=tolerance,
-                               atol=tolerance * expected.abs().max().item())
+    torch.testing.assert_close(
+        mean_of_copies(copies).double(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item()
+    )
 
 
 @pytest.mark.parametrize("name", LAYER_NAMES)
 def test_eval_of_replicated_layer_is_the_dense_layer_bit_for_bit(name):
     torch.manual_seed(1)
-    dense, x = {"linear": (nn.Linear(5, 4), torch.randn(3, 5)),
-                "conv2d": (nn.Conv2d(2, 3, 3), torch.randn(1, 2, 5, 5)),
-                "embedding": (nn.Embedding(7, 4), torch.tensor([0, 6, 2]))}[name]
+    dense, x = {
+        "linear": (nn.Linear(5, 4), torch.randn(3, 5)),
+        "conv2d": (nn.Conv2d(2, 3, 3), torch.randn(1, 2, 5, 5)),
+        "embedding": (nn.Embedding(7, 4), torch.tensor([0, 6, 2])),
+    }[name]
     layer = mk.convert(copy.deepcopy(dense), 3, layer_types=(type(dense),)).eval()
     with torch.no_grad():
         assert torch.equal(layer(x), dense(x))
@@ -448,10 +475,11 @@ META_LAYERS = {
     "linear": lambda: (mk.MKLinear(5, 4, expansion=3, device="meta"), torch.empty(2, 5, device="meta")),
     "conv1d": lambda: (mk.MKConv1d(2, 3, 3, expansion=3, device="meta"), torch.empty(2, 2, 7, device="meta")),
     "conv2d": lambda: (mk.MKConv2d(2, 3, 3, expansion=3, device="meta"), torch.empty(2, 2, 7, 7, device="meta")),
-    "conv3d": lambda: (mk.MKConv3d(2, 3, 3, expansion=3, device="meta"),
-                       torch.empty(1, 2, 5, 5, 5, device="meta")),
-    "embedding": lambda: (mk.MKEmbedding(9, 4, expansion=3, device="meta"),
-                          torch.zeros(2, 3, dtype=torch.int64, device="meta")),
+    "conv3d": lambda: (mk.MKConv3d(2, 3, 3, expansion=3, device="meta"), torch.empty(1, 2, 5, 5, 5, device="meta")),
+    "embedding": lambda: (
+        mk.MKEmbedding(9, 4, expansion=3, device="meta"),
+        torch.zeros(2, 3, dtype=torch.int64, device="meta"),
+    ),
 }
 
 
@@ -473,15 +501,25 @@ def test_functional_ops_on_meta():
         "scatter": f.scatter(torch.empty(4, 5, **meta), 1, 0, 3),
         "majority_linear": f.majority_linear(torch.empty(2, 5, **meta), torch.empty(3, 4, 5, **meta), seed=1),
         "majority_conv1d": f.majority_conv1d(torch.empty(1, 2, 6, **meta), torch.empty(3, 4, 2, 3, **meta), seed=1),
-        "majority_conv2d": f.majority_conv2d(torch.empty(1, 2, 6, 6, **meta), torch.empty(3, 4, 2, 3, 3, **meta),
-                                             seed=1),
-        "majority_conv3d": f.majority_conv3d(torch.empty(1, 2, 4, 4, 4, **meta),
-                                             torch.empty(3, 4, 2, 3, 3, 3, **meta), seed=1),
-        "majority_embedding": f.majority_embedding(torch.zeros(3, dtype=torch.int64, **meta),
-                                                   torch.empty(3, 7, 5, **meta), seed=1),
+        "majority_conv2d": f.majority_conv2d(
+            torch.empty(1, 2, 6, 6, **meta), torch.empty(3, 4, 2, 3, 3, **meta), seed=1
+        ),
+        "majority_conv3d": f.majority_conv3d(
+            torch.empty(1, 2, 4, 4, 4, **meta), torch.empty(3, 4, 2, 3, 3, 3, **meta), seed=1
+        ),
+        "majority_embedding": f.majority_embedding(
+            torch.zeros(3, dtype=torch.int64, **meta), torch.empty(3, 7, 5, **meta), seed=1
+        ),
     }
-    shapes = {"combine": (4, 5), "scatter": (3, 4, 5), "majority_linear": (2, 4), "majority_conv1d": (1, 4, 4),
-              "majority_conv2d": (1, 4, 4, 4), "majority_conv3d": (1, 4, 2, 2, 2), "majority_embedding": (3, 5)}
+    shapes = {
+        "combine": (4, 5),
+        "scatter": (3, 4, 5),
+        "majority_linear": (2, 4),
+        "majority_conv1d": (1, 4, 4),
+        "majority_conv2d": (1, 4, 4, 4),
+        "majority_conv3d": (1, 4, 2, 2, 2),
+        "majority_embedding": (3, 5),
+    }
     for name, out in outputs.items():
         assert out.device.type == "meta" and tuple(out.shape) == shapes[name], name
 
@@ -499,17 +537,21 @@ def _overlapping_scatter():
 
 ERRORS = {
     "float8 weight": (lambda: _F.combine(torch.zeros(2, 3, dtype=_FLOAT8), 1), TypeError, "weight"),
-    "float8 layer weight": (lambda: _F.majority_linear(torch.zeros(2, 3), torch.zeros(2, 4, 3, dtype=_FLOAT8),
-                                                       seed=1), TypeError, "weight"),
+    "float8 layer weight": (
+        lambda: _F.majority_linear(torch.zeros(2, 3), torch.zeros(2, 4, 3, dtype=_FLOAT8), seed=1),
+        TypeError,
+        "weight",
+    ),
     "float8 grad": (lambda: _F.scatter(torch.zeros(3, dtype=_FLOAT8), 1, 0, 2), TypeError, "grad"),
-    "float8 accumulate_into": (lambda: _F.scatter(torch.zeros(3), 1, 0, 2,
-                                                  accumulate_into=torch.zeros(2, 3, dtype=_FLOAT8)),
-                               TypeError, "accumulate_into"),
+    "float8 accumulate_into": (
+        lambda: _F.scatter(torch.zeros(3), 1, 0, 2, accumulate_into=torch.zeros(2, 3, dtype=_FLOAT8)),
+        TypeError,
+        "accumulate_into",
+    ),
     "out_dtype int": (lambda: _F.combine(torch.zeros(2, 3), 1, out_dtype=torch.int32), TypeError, "out_dtype"),
     "out_dtype string": (lambda: _F.combine(torch.zeros(2, 3), 1, out_dtype="float32"), TypeError, "out_dtype"),
     "out_dtype float8": (lambda: _F.combine(torch.zeros(2, 3), 1, out_dtype=_FLOAT8), TypeError, "out_dtype"),
-    "scatter out_dtype string": (lambda: _F.scatter(torch.zeros(3), 1, 0, 2, out_dtype="half"), TypeError,
-                                 "out_dtype"),
+    "scatter out_dtype string": (lambda: _F.scatter(torch.zeros(3), 1, 0, 2, out_dtype="half"), TypeError, "out_dtype"),
     "expansion past int64": (lambda: mk.MKLinear(3, 2, expansion=2**63), ValueError, "expansion"),
     "mixing_weights expansion past int64": (lambda: _F.mixing_weights(2**63, 4, 1), ValueError, "expansion"),
     "mixing_weights numel past int64": (lambda: _F.mixing_weights(4, (2**31, 2**31), 1), ValueError, "numel"),
@@ -519,21 +561,34 @@ ERRORS = {
     "mixing_weights negative shape": (lambda: _F.mixing_weights(2, (3, -1), 1), ValueError, "shape"),
     "mixing_weights float shape": (lambda: _F.mixing_weights(2, (3, 2.5), 1), TypeError, "shape"),
     "mixing_weights string shape": (lambda: _F.mixing_weights(2, "34", 1), TypeError, "shape"),
-    "seed on another device": (lambda: _F.combine(torch.zeros(2, 3), torch.tensor(1, device="meta")), ValueError,
-                               "seed"),
-    "mixing_weights seed on another device": (lambda: _F.mixing_weights(2, 3, torch.tensor(1), device="meta"),
-                                              ValueError, "seed"),
-    "layer seed on another device": (lambda: _F.majority_linear(torch.zeros(2, 3), torch.zeros(2, 4, 3),
-                                                                seed=torch.tensor(1, device="meta")),
-                                     ValueError, "seed"),
+    "seed on another device": (
+        lambda: _F.combine(torch.zeros(2, 3), torch.tensor(1, device="meta")),
+        ValueError,
+        "seed",
+    ),
+    "mixing_weights seed on another device": (
+        lambda: _F.mixing_weights(2, 3, torch.tensor(1), device="meta"),
+        ValueError,
+        "seed",
+    ),
+    "layer seed on another device": (
+        lambda: _F.majority_linear(torch.zeros(2, 3), torch.zeros(2, 4, 3), seed=torch.tensor(1, device="meta")),
+        ValueError,
+        "seed",
+    ),
     "accumulate_into overlaps grad": (_overlapping_scatter, ValueError, "accumulate_into"),
     "accumulate_into leaf that requires grad": (
         lambda: _F.scatter(torch.zeros(3), 1, 0, 2, accumulate_into=torch.zeros(2, 3, requires_grad=True)),
-        ValueError, "accumulate_into"),
+        ValueError,
+        "accumulate_into",
+    ),
     "convert of a non-module": (lambda: mk.convert([nn.Linear(2, 2)]), TypeError, "module"),
     "collapse of a non-module": (lambda: mk.collapse("model"), TypeError, "module"),
-    "layer_types holding a non-class": (lambda: mk.convert(nn.Linear(2, 2), layer_types=[nn.Linear, "Conv2d"]),
-                                        TypeError, "layer_types"),
+    "layer_types holding a non-class": (
+        lambda: mk.convert(nn.Linear(2, 2), layer_types=[nn.Linear, "Conv2d"]),
+        TypeError,
+        "layer_types",
+    ),
     "layer_types a string": (lambda: mk.convert(nn.Linear(2, 2), layer_types="Linear"), TypeError, "layer_types"),
     "use_backend of a non-string": (lambda: mk.use_backend(None).__enter__(), TypeError, "use_backend"),
     "use_backend unknown": (lambda: mk.use_backend("cpus").__enter__(), ValueError, "use_backend"),

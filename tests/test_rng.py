@@ -29,8 +29,7 @@ def test_reference_uniforms_match_vectors_exactly(rng_vectors):
 def test_mixing_weights_match_vectors(backend, rng_vectors):
     with mk.use_backend(backend):
         for case in rng_vectors["mixing"]:
-            p = mk.functional.mixing_weights(case["e"], case["n"], case["seed"], case["offset"],
-                                             dtype=torch.float64)
+            p = mk.functional.mixing_weights(case["e"], case["n"], case["seed"], case["offset"], dtype=torch.float64)
             torch.testing.assert_close(p, torch.tensor(case["P"], dtype=torch.float64), rtol=0, atol=1e-6)
 
 

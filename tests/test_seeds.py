@@ -44,16 +44,24 @@ def seeds_drawn_by(fn, count):
 
 def mlp(dtype=torch.float64, expansion=3, seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(mk.MKLinear(6, 8, expansion=expansion, init="independent", dtype=dtype), nn.Tanh(),
-                         mk.MKLinear(8, 5, expansion=expansion, init="independent", dtype=dtype), nn.Tanh(),
-                         mk.MKLinear(5, 2, expansion=expansion, init="independent", dtype=dtype))
+    return nn.Sequential(
+        mk.MKLinear(6, 8, expansion=expansion, init="independent", dtype=dtype),
+        nn.Tanh(),
+        mk.MKLinear(8, 5, expansion=expansion, init="independent", dtype=dtype),
+        nn.Tanh(),
+        mk.MKLinear(5, 2, expansion=expansion, init="independent", dtype=dtype),
+    )
 
 
 def convnet(dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(mk.MKConv2d(2, 4, 3, padding=1, expansion=4, init="independent", dtype=dtype), nn.ReLU(),
-                         mk.MKConv1d(4, 3, 3, expansion=2, init="independent", dtype=dtype), nn.Flatten(),
-                         mk.MKLinear(3 * 3, 2, expansion=5, init="independent", dtype=dtype))
+    return nn.Sequential(
+        mk.MKConv2d(2, 4, 3, padding=1, expansion=4, init="independent", dtype=dtype),
+        nn.ReLU(),
+        mk.MKConv1d(4, 3, 3, expansion=2, init="independent", dtype=dtype),
+        nn.Flatten(),
+        mk.MKLinear(3 * 3, 2, expansion=5, init="independent", dtype=dtype),
+    )
 
 
 def convnet_input(step, dtype=torch.float64):
@@ -68,8 +76,8 @@ class ConvNetWrapper(nn.Module):
         self.body = convnet(dtype, seed)
 
     def forward(self, x):
-        x = self.body[1](self.body[0](x)).flatten(2)   # [B, 4, 25]
-        x = self.body[2](x)[..., :3]                    # [B, 3, 3]
+        x = self.body[1](self.body[0](x)).flatten(2)  # [B, 4, 25]
+        x = self.body[2](x)[..., :3]  # [B, 3, 3]
         return self.body[4](self.body[3](x))
 
 
@@ -204,8 +212,7 @@ def test_weight_grad_is_p_times_mixed_grad_linear(expansion, generator):
 
 @pytest.mark.parametrize("expansion", [2, 5])
 def test_weight_grad_is_p_times_mixed_grad_conv(expansion, generator):
-    layer = mk.MKConv2d(3, 4, (3, 2), stride=2, padding=1, expansion=expansion, init="independent",
-                        dtype=torch.float64)
+    layer = mk.MKConv2d(3, 4, (3, 2), stride=2, padding=1, expansion=expansion, init="independent", dtype=torch.float64)
     x = torch.randn(2, 3, 6, 5, generator=generator, dtype=torch.float64)
     out, (seed,) = seeds_drawn_by(lambda: layer(x), 1)
     grad_out = torch.randn(out.shape, generator=generator, dtype=torch.float64)
@@ -252,10 +259,8 @@ def test_successive_forwards_draw_different_p(generator):
     (a, b), (s1, s2) = seeds_drawn_by(lambda: (layer(x), layer(x)), 2)
     assert s1 != s2
     assert not torch.allclose(a, b)
-    torch.testing.assert_close(a, F.linear(x, reference.combine(layer.weight.detach(), s1), layer.bias.detach()),
-                               **F64)
-    torch.testing.assert_close(b, F.linear(x, reference.combine(layer.weight.detach(), s2), layer.bias.detach()),
-                               **F64)
+    torch.testing.assert_close(a, F.linear(x, reference.combine(layer.weight.detach(), s1), layer.bias.detach()), **F64)
+    torch.testing.assert_close(b, F.linear(x, reference.combine(layer.weight.detach(), s2), layer.bias.detach()), **F64)
 
 
 def test_two_layers_in_one_model_get_different_seeds(generator):
@@ -275,8 +280,9 @@ def test_two_layers_in_one_model_get_different_seeds(generator):
     (ya, yb), (sa, sb) = seeds_drawn_by(lambda: model(x), 2)
     assert sa != sb
     assert not torch.allclose(ya, yb)
-    torch.testing.assert_close(yb, F.linear(x, reference.combine(second.weight.detach(), sb),
-                                            second.bias.detach()), **F64)
+    torch.testing.assert_close(
+        yb, F.linear(x, reference.combine(second.weight.detach(), sb), second.bias.detach()), **F64
+    )
 
 
 def test_seed_stream_over_many_steps_has_no_repeats(generator):

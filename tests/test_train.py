@@ -15,8 +15,19 @@ from majority_kernels import train
 from majority_kernels.cli import main
 from majority_kernels.train import data
 
-TINY = ["--epochs", "1", "--seeds", "2", "--train-samples", "80", "--test-samples", "32", "--no-progress",
-        "--lr", "1e-3,1e-2"]
+TINY = [
+    "--epochs",
+    "1",
+    "--seeds",
+    "2",
+    "--train-samples",
+    "80",
+    "--test-samples",
+    "32",
+    "--no-progress",
+    "--lr",
+    "1e-3,1e-2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +44,7 @@ def test_digits_shapes(digits):
 
 def test_digits_split_is_a_stratified_partition(digits):
     from sklearn.datasets import load_digits
+
     bunch = load_digits()
     train_images = digits.train.tensors[0]
     assert abs(train_images.mean().item()) < 1e-5 and abs(train_images.std().item() - 1) < 1e-5
@@ -41,9 +53,12 @@ def test_digits_split_is_a_stratified_partition(digits):
     low, high = train_images.min(), train_images.max()
     split_samples = collections.Counter(
         (tuple(torch.round((image - low) / (high - low) * 16).int().flatten().tolist()), int(label))
-        for split in (digits.train, digits.test) for image, label in zip(*split.tensors))
+        for split in (digits.train, digits.test)
+        for image, label in zip(*split.tensors)
+    )
     all_samples = collections.Counter(
-        (tuple(image.astype(int).flatten().tolist()), int(label)) for image, label in zip(bunch.images, bunch.target))
+        (tuple(image.astype(int).flatten().tolist()), int(label)) for image, label in zip(bunch.images, bunch.target)
+    )
     assert split_samples == all_samples
     test_counts = torch.bincount(digits.test.tensors[1], minlength=10)
     assert (test_counts - torch.bincount(torch.as_tensor(bunch.target)) * 0.2).abs().max() <= 1  # stratified
@@ -102,31 +117,53 @@ def test_task_factory(tmp_path, monkeypatch):
         "def make():\n"
         "    x, y = torch.randn(40, 5), torch.arange(40) % 2\n"
         "    return custom_task(TensorDataset(x[:30], y[:30]), TensorDataset(x[30:], y[30:]), 2, name='mine')\n"
-        "not_callable = 3\n")
+        "not_callable = 3\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert data.task_factory("digits") is train.load_digits
     assert data.task_factory("my_data:make")().name == "mine"
-    for spec, message in [("nope", "neither"), ("my_data:", "neither"), ("no_such_module_x:make", "cannot import"),
-                          ("my_data:not_callable", "no callable")]:
+    for spec, message in [
+        ("nope", "neither"),
+        ("my_data:", "neither"),
+        ("no_such_module_x:make", "cannot import"),
+        ("my_data:not_callable", "no callable"),
+    ]:
         with pytest.raises(ValueError, match=message):
             data.task_factory(spec)
 
 
-@pytest.mark.parametrize("arguments, named", [
-    (["--seeds", "0"], "--seeds"), (["--epochs", "-1"], "--epochs"), (["--epochs", "two"], "--epochs"),
-    (["--expansion", "0"], "--expansion"), (["--expansion", "2,x"], "--expansion"),
-    (["--init", "replicate,zeros"], "--init"), (["--lr", "0"], "--lr"), (["--lr", "fast"], "--lr"),
-    (["--lr", "1e-3,inf"], "--lr"), (["--weight-decay", "-0.1"], "--weight-decay"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--optimizer", "adam"], "--optimizer"), (["--label-noise", "1"], "--label-noise"),
-    (["--validation-fraction", "0"], "--validation-fraction"), (["--patience", "0"], "--patience"),
-    (["--tune-seeds", "0"], "--tune-seeds"), (["--preset", "lm", "--label-noise", "0.2"], "--label-noise"),
-    (["--train-samples", "0"], "--train-samples"), (["--preset", "huge"], "--preset"), (["--model", "rnn"], "--model"),
-    (["--device", "tpu"], "--device"), (["--dataset", "mnist"], "--dataset"),
-    (["--dataset", "no_such_module_x:make"], "--dataset"), (["--dataset", "python-docs"], "--model"),
-    (["--dataset", "digits", "--model", "transformer"], "--model"), (["--backend", "nope"], "--backend"),
-    (["--backend", "cpu,reference"], "--backend"),
-])
+@pytest.mark.parametrize(
+    "arguments, named",
+    [
+        (["--seeds", "0"], "--seeds"),
+        (["--epochs", "-1"], "--epochs"),
+        (["--epochs", "two"], "--epochs"),
+        (["--expansion", "0"], "--expansion"),
+        (["--expansion", "2,x"], "--expansion"),
+        (["--init", "replicate,zeros"], "--init"),
+        (["--lr", "0"], "--lr"),
+        (["--lr", "fast"], "--lr"),
+        (["--lr", "1e-3,inf"], "--lr"),
+        (["--weight-decay", "-0.1"], "--weight-decay"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--optimizer", "adam"], "--optimizer"),
+        (["--label-noise", "1"], "--label-noise"),
+        (["--validation-fraction", "0"], "--validation-fraction"),
+        (["--patience", "0"], "--patience"),
+        (["--tune-seeds", "0"], "--tune-seeds"),
+        (["--preset", "lm", "--label-noise", "0.2"], "--label-noise"),
+        (["--train-samples", "0"], "--train-samples"),
+        (["--preset", "huge"], "--preset"),
+        (["--model", "rnn"], "--model"),
+        (["--device", "tpu"], "--device"),
+        (["--dataset", "mnist"], "--dataset"),
+        (["--dataset", "no_such_module_x:make"], "--dataset"),
+        (["--dataset", "python-docs"], "--model"),
+        (["--dataset", "digits", "--model", "transformer"], "--model"),
+        (["--backend", "nope"], "--backend"),
+        (["--backend", "cpu,reference"], "--backend"),
+    ],
+)
 def test_bad_arguments_are_rejected_naming_the_argument(arguments, named, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", *arguments])
@@ -143,8 +180,23 @@ def test_cuda_without_gpu_is_rejected(capsys):
 
 def test_cnn_end_to_end(tmp_path, capsys):
     output = tmp_path / "cnn"
-    assert main(["train", "--preset", "cnn", "--expansion", "2", "--init", "replicate,independent", *TINY,
-                 "--output", str(output)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "cnn",
+                "--expansion",
+                "2",
+                "--init",
+                "replicate,independent",
+                *TINY,
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     report = json.loads((output / "results.json").read_text())
     meta = report["meta"]
     assert (meta["train_samples"], meta["validation_samples"], meta["test_samples"]) == (64, 16, 32)
@@ -171,9 +223,37 @@ def test_cnn_end_to_end(tmp_path, capsys):
 
 def test_sgd_label_noise_and_early_stopping(tmp_path):
     output = tmp_path / "noisy"
-    assert main(["train", "--preset", "label-noise", "--optimizer", "sgd", "--patience", "1", "--epochs", "4",
-                 "--expansion", "2", "--no-wide", "--seeds", "1", "--train-samples", "100", "--test-samples", "20",
-                 "--lr", "0.05", "--no-progress", "--no-plots", "--output", str(output)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "label-noise",
+                "--optimizer",
+                "sgd",
+                "--patience",
+                "1",
+                "--epochs",
+                "4",
+                "--expansion",
+                "2",
+                "--no-wide",
+                "--seeds",
+                "1",
+                "--train-samples",
+                "100",
+                "--test-samples",
+                "20",
+                "--lr",
+                "0.05",
+                "--no-progress",
+                "--no-plots",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     report = json.loads((output / "results.json").read_text())
     config = report["meta"]["config"]
     assert config["optimizer"] == "sgd" and config["label_noise"] == 0.2 and not config["wide"]
@@ -187,9 +267,36 @@ def test_sgd_label_noise_and_early_stopping(tmp_path):
 
 def test_language_model_end_to_end(tmp_path, capsys):
     output = tmp_path / "lm"
-    assert main(["train", "--preset", "lm", "--expansion", "2", "--init", "replicate", "--epochs", "1", "--seeds", "1",
-                 "--train-samples", "5", "--test-samples", "2", "--batch-size", "2", "--lr", "1e-3", "--no-progress",
-                 "--no-plots", "--output", str(output)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "lm",
+                "--expansion",
+                "2",
+                "--init",
+                "replicate",
+                "--epochs",
+                "1",
+                "--seeds",
+                "1",
+                "--train-samples",
+                "5",
+                "--test-samples",
+                "2",
+                "--batch-size",
+                "2",
+                "--lr",
+                "1e-3",
+                "--no-progress",
+                "--no-plots",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     report = json.loads((output / "results.json").read_text())
     assert sorted(path.name for path in output.iterdir()) == ["results.json", "results.md"]
     dense, mk_row, wide = report["summary"]
@@ -202,10 +309,22 @@ def test_python_api_with_own_data_and_model(tmp_path):
     inputs = torch.randn(48, 6, generator=generator)
     labels = (inputs[:, 0] > 0).long()
     task = train.custom_task(TensorDataset(inputs[:32], labels[:32]), TensorDataset(inputs[32:], labels[32:]), 2)
-    config = train.TrainConfig(name="own", dataset="unused", model="unused", expansions=(3,), inits=("replicate",),
-                               seeds=1, epochs=2, batch_size=8, lrs=(1e-2,), wide=False, progress=False)
-    report = train.run(config, task=task, build_model=lambda task, width: nn.Sequential(
-        nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2)))
+    config = train.TrainConfig(
+        name="own",
+        dataset="unused",
+        model="unused",
+        expansions=(3,),
+        inits=("replicate",),
+        seeds=1,
+        epochs=2,
+        batch_size=8,
+        lrs=(1e-2,),
+        wide=False,
+        progress=False,
+    )
+    report = train.run(
+        config, task=task, build_model=lambda task, width: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
+    )
     assert [row["variant"] for row in report["summary"]] == ["dense", "MK e=3 replicate"]
     assert report["summary"][1]["train_parameters"] == 3 * (6 * 8 + 8 * 2) + 8 + 2
     paths = train.write(report, tmp_path, plots=False)
@@ -213,6 +332,7 @@ def test_python_api_with_own_data_and_model(tmp_path):
 
 
 def test_module_entry_point():
-    result = subprocess.run([sys.executable, "-m", "majority_kernels", "train", "--help"], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "majority_kernels", "train", "--help"], capture_output=True, text=True, check=True
+    )
     assert "--expansion" in result.stdout and "--dataset" in result.stdout

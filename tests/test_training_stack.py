@@ -20,8 +20,9 @@ CUDA = torch.device("cuda")
 def small_model(expansion: int = 3, device: str = "cpu") -> nn.Module:
     """A conv + linear model, converted: every MK layer type a training step meets."""
     torch.manual_seed(0)
-    dense = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 6), nn.ReLU(),
-                          nn.Linear(6, 3))
+    dense = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 6), nn.ReLU(), nn.Linear(6, 3)
+    )
     return mk.convert(dense, expansion=expansion, init="independent").to(device)
 
 
@@ -101,8 +102,11 @@ def test_autocast_bfloat16_mixes_straight_into_bfloat16(backend):
     mixing = [call for call in log.calls if call[0].endswith(("::combine", ".combine", "mixed_matmul"))]
     assert mixing and all(dtypes == [torch.bfloat16] for _, dtypes, _ in mixing), log.calls
     # W_eff is made once, in bfloat16: no float32 W_eff cast afterwards.
-    assert not [c for c in log.calls if c[0] == "aten._to_copy" and c[2] == [layer.weight[0].numel()]
-                and c[1] == [torch.bfloat16]]
+    assert not [
+        c
+        for c in log.calls
+        if c[0] == "aten._to_copy" and c[2] == [layer.weight[0].numel()] and c[1] == [torch.bfloat16]
+    ]
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert layer.weight.grad.dtype == torch.float32 and torch.isfinite(layer.weight.grad).all()
@@ -169,12 +173,16 @@ def test_autocast_and_grad_scaler_on_gpu(dtype):
 
 
 @pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
-@pytest.mark.parametrize("make_layer, make_input", [
-    (lambda: mk.MKLinear(7, 5, expansion=3), lambda: torch.randn(4, 7)),
-    (lambda: mk.MKConv2d(2, 3, 3, expansion=5), lambda: torch.randn(2, 2, 6, 6)),
-    # Repeated rows: the looked-up rows only are added into .grad.
-    (lambda: mk.MKEmbedding(40, 6, expansion=3), lambda: torch.randint(0, 40, (3, 4))),
-], ids=["linear", "conv2d", "embedding"])
+@pytest.mark.parametrize(
+    "make_layer, make_input",
+    [
+        (lambda: mk.MKLinear(7, 5, expansion=3), lambda: torch.randn(4, 7)),
+        (lambda: mk.MKConv2d(2, 3, 3, expansion=5), lambda: torch.randn(2, 2, 6, 6)),
+        # Repeated rows: the looked-up rows only are added into .grad.
+        (lambda: mk.MKEmbedding(40, 6, expansion=3), lambda: torch.randint(0, 40, (3, 4))),
+    ],
+    ids=["linear", "conv2d", "embedding"],
+)
 def test_gradient_accumulation_in_place_equals_sum_of_steps(backend, make_layer, make_input):
     layer = make_layer()
     inputs = [make_input() for _ in range(3)]
@@ -267,8 +275,10 @@ def test_resume_from_a_saved_checkpoint_equals_uninterrupted_run(tmp_path):
     stopped_optimizer = torch.optim.Adam(stopped.parameters(), lr=1e-2)
     torch.manual_seed(21)
     first = train_steps(stopped, stopped_optimizer, k)
-    torch.save({"model": stopped.state_dict(), "optimizer": stopped_optimizer.state_dict(),
-                "rng": torch.get_rng_state()}, tmp_path / "checkpoint.pt")
+    torch.save(
+        {"model": stopped.state_dict(), "optimizer": stopped_optimizer.state_dict(), "rng": torch.get_rng_state()},
+        tmp_path / "checkpoint.pt",
+    )
     del stopped, stopped_optimizer
 
     torch.manual_seed(999)  # a new process: only the checkpoint may matter
@@ -376,8 +386,9 @@ def test_index_math_beyond_two_to_the_31_elements():
     expansion = 6  # 5 uniforms: R = 2 counters per element
     index = torch.tensor([2**31 - 1, 2**31, 2**32 + 7, 2**40 + 3], dtype=torch.int64)
     by_index = mk.reference.uniforms_at(expansion, index, 123, offset=11)
-    by_offset = torch.stack([mk.reference.uniforms(expansion, 1, 123, offset=11 + int(i) * 2)[:, 0] for i in index],
-                            dim=1)
+    by_offset = torch.stack(
+        [mk.reference.uniforms(expansion, 1, 123, offset=11 + int(i) * 2)[:, 0] for i in index], dim=1
+    )
     assert torch.equal(by_index, by_offset)
 
 

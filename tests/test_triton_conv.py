@@ -52,8 +52,7 @@ def _case(shape, expansion, generator, dtype=torch.float32, bias=True):
 def _reference(x, weight, bias, seed, offset, stride, padding, dilation):
     """F.conv2d in float64 on the reference's W_eff, rounded to x's dtype as the kernel rounds it."""
     mixed = reference.combine(weight.cpu().double(), seed, offset).to(x.dtype).double()
-    return F.conv2d(x.cpu().double(), mixed, None if bias is None else bias.cpu().double(), stride, padding,
-                    dilation)
+    return F.conv2d(x.cpu().double(), mixed, None if bias is None else bias.cpu().double(), stride, padding, dilation)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -162,8 +161,11 @@ def test_bad_input_names_the_problem(case):
 
 def test_public_function_checks_dtypes():
     with pytest.raises(TypeError, match="input and weight must have the same dtype"):
-        fused_conv.conv2d_fused_forward(torch.randn(1, 2, 4, 4, dtype=torch.float64, device=DEVICE),
-                                        torch.randn(2, 3, 2, 3, 3, device=DEVICE), seed=1)
+        fused_conv.conv2d_fused_forward(
+            torch.randn(1, 2, 4, 4, dtype=torch.float64, device=DEVICE),
+            torch.randn(2, 3, 2, 3, 3, device=DEVICE),
+            seed=1,
+        )
 
 
 def test_bench_conv_fused_rows():
@@ -172,9 +174,18 @@ def test_bench_conv_fused_rows():
     from majority_kernels.bench import runner
 
     shape = bench.ConvShape(1, 3, 4, 5, 5, 3)
-    config = bench.BenchConfig(device=DEVICE, dtype=torch.float32, backends=("triton",), linear_shapes=(),
-                               linear_expansions=(), conv_shapes=(shape,), conv_expansions=(2,), repeats=1,
-                               warmup=0, sections=frozenset({"conv-fused"}))
+    config = bench.BenchConfig(
+        device=DEVICE,
+        dtype=torch.float32,
+        backends=("triton",),
+        linear_shapes=(),
+        linear_expansions=(),
+        conv_shapes=(shape,),
+        conv_expansions=(2,),
+        repeats=1,
+        warmup=0,
+        sections=frozenset({"conv-fused"}),
+    )
     rows = runner.conv_fused_rows(shape, 2, config, lambda: None)
     assert [row["variant"] for row in rows] == ["dense", "mk[triton]", "fused[triton]"]
     for row in rows:
@@ -189,6 +200,7 @@ def test_bench_conv_fused_rows():
 
 
 # ---- GPU only ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -207,9 +219,12 @@ def test_gpu_half_precision(dtype, generator):
 
 def test_the_prototype_registers_its_op_only_when_imported():
     # A fresh interpreter: this suite's other tests import the prototype.
-    probe = ("import torch, majority_kernels, majority_kernels.triton_ops; "
-             "ops = torch.ops.majority_kernels_triton; before = hasattr(ops, 'mixed_conv2d'); "
-             "import majority_kernels.experimental.fused_conv; print(before, hasattr(ops, 'mixed_conv2d'))")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ),
-                            check=True)
+    probe = (
+        "import torch, majority_kernels, majority_kernels.triton_ops; "
+        "ops = torch.ops.majority_kernels_triton; before = hasattr(ops, 'mixed_conv2d'); "
+        "import majority_kernels.experimental.fused_conv; print(before, hasattr(ops, 'mixed_conv2d'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=dict(os.environ), check=True
+    )
     assert result.stdout.split() == ["False", "True"]

@@ -32,24 +32,57 @@ def _lookup_tile(indices_ptr, lookups, rows, dim, BLOCK_LOOKUPS: tl.constexpr, B
 
 
 @triton.jit(do_not_specialize=["offset"])
-def gather_kernel(weight_ptr, indices_ptr, out_ptr, seed_ptr, offset, lookups, rows, dim,
-                  EXPANSION: tl.constexpr, MATH64: tl.constexpr, BLOCK_LOOKUPS: tl.constexpr,
-                  BLOCK_COLUMNS: tl.constexpr):
-    index, position, in_tile, in_table = _lookup_tile(indices_ptr, lookups, rows, dim, BLOCK_LOOKUPS,
-                                                      BLOCK_COLUMNS)
-    mixed = mix(weight_ptr, tl.cast(rows, tl.int64) * dim, index, in_table, tl.load(seed_ptr), offset, index,
-                EXPANSION, MATH64)
+def gather_kernel(
+    weight_ptr,
+    indices_ptr,
+    out_ptr,
+    seed_ptr,
+    offset,
+    lookups,
+    rows,
+    dim,
+    EXPANSION: tl.constexpr,
+    MATH64: tl.constexpr,
+    BLOCK_LOOKUPS: tl.constexpr,
+    BLOCK_COLUMNS: tl.constexpr,
+):
+    index, position, in_tile, in_table = _lookup_tile(indices_ptr, lookups, rows, dim, BLOCK_LOOKUPS, BLOCK_COLUMNS)
+    mixed = mix(
+        weight_ptr, tl.cast(rows, tl.int64) * dim, index, in_table, tl.load(seed_ptr), offset, index, EXPANSION, MATH64
+    )
     tl.store(out_ptr + position, cast_to(mixed, out_ptr.dtype.element_ty), mask=in_tile)  # 0 outside the table
 
 
 @triton.jit(do_not_specialize=["offset"])
-def scatter_add_kernel(grad_ptr, indices_ptr, out_ptr, seed_ptr, offset, lookups, rows, dim,
-                       EXPANSION: tl.constexpr, MATH64: tl.constexpr, BLOCK_LOOKUPS: tl.constexpr,
-                       BLOCK_COLUMNS: tl.constexpr):
+def scatter_add_kernel(
+    grad_ptr,
+    indices_ptr,
+    out_ptr,
+    seed_ptr,
+    offset,
+    lookups,
+    rows,
+    dim,
+    EXPANSION: tl.constexpr,
+    MATH64: tl.constexpr,
+    BLOCK_LOOKUPS: tl.constexpr,
+    BLOCK_COLUMNS: tl.constexpr,
+):
     index, position, _, in_table = _lookup_tile(indices_ptr, lookups, rows, dim, BLOCK_LOOKUPS, BLOCK_COLUMNS)
     grad = tl.load(grad_ptr + position, mask=in_table, other=0.0)
-    spread(out_ptr, tl.cast(rows, tl.int64) * dim, index, in_table, grad, tl.load(seed_ptr), offset, index,
-           EXPANSION, MATH64, ATOMIC_ADD)
+    spread(
+        out_ptr,
+        tl.cast(rows, tl.int64) * dim,
+        index,
+        in_table,
+        grad,
+        tl.load(seed_ptr),
+        offset,
+        index,
+        EXPANSION,
+        MATH64,
+        ATOMIC_ADD,
+    )
 
 
 def _grid_and_blocks(lookups: int, dim: int) -> tuple[tuple[int, int], dict]:
@@ -67,12 +100,22 @@ def gather(weight: torch.Tensor, indices: torch.Tensor, seed: torch.Tensor, offs
     if lookups == 0 or dim == 0:
         return
     grid, blocks = _grid_and_blocks(lookups, dim)
-    gather_kernel[grid](weight, indices, out, seed, offset, lookups, rows, dim, EXPANSION=expansion,
-                        MATH64=torch.float64 in (weight.dtype, out.dtype), **blocks)
+    gather_kernel[grid](
+        weight,
+        indices,
+        out,
+        seed,
+        offset,
+        lookups,
+        rows,
+        dim,
+        EXPANSION=expansion,
+        MATH64=torch.float64 in (weight.dtype, out.dtype),
+        **blocks,
+    )
 
 
-def scatter_add(grad: torch.Tensor, indices: torch.Tensor, seed: torch.Tensor, offset: int,
-                out: torch.Tensor) -> None:
+def scatter_add(grad: torch.Tensor, indices: torch.Tensor, seed: torch.Tensor, offset: int, out: torch.Tensor) -> None:
     """out[k, indices[t]] += P_k * grad[t] (atomically) for contiguous grad [T, dim], flat indices [T] and a
     float32 / float64 out [e, rows, dim]."""
     expansion, rows, dim = out.shape
@@ -80,5 +123,16 @@ def scatter_add(grad: torch.Tensor, indices: torch.Tensor, seed: torch.Tensor, o
     if lookups == 0 or dim == 0:
         return
     grid, blocks = _grid_and_blocks(lookups, dim)
-    scatter_add_kernel[grid](grad, indices, out, seed, offset, lookups, rows, dim, EXPANSION=expansion,
-                             MATH64=out.dtype == torch.float64, **blocks)
+    scatter_add_kernel[grid](
+        grad,
+        indices,
+        out,
+        seed,
+        offset,
+        lookups,
+        rows,
+        dim,
+        EXPANSION=expansion,
+        MATH64=out.dtype == torch.float64,
+        **blocks,
+    )

@@ -61,8 +61,7 @@ class ConvShape:
 
     @property
     def label(self) -> str:
-        return (f"{self.batch}x{self.in_channels}x{self.out_channels}x{self.height}x{self.width}"
-                f"x{self.kernel}")
+        return f"{self.batch}x{self.in_channels}x{self.out_channels}x{self.height}x{self.width}x{self.kernel}"
 
     @property
     def weight_numel(self) -> int:
@@ -75,22 +74,30 @@ class ConvShape:
         return torch.randn(self.batch, self.in_channels, self.height, self.width, device=device, dtype=dtype)
 
     def as_dict(self) -> dict[str, int]:
-        return {"batch": self.batch, "in_channels": self.in_channels, "out_channels": self.out_channels,
-                "height": self.height, "width": self.width, "kernel": self.kernel}
+        return {
+            "batch": self.batch,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "height": self.height,
+            "width": self.width,
+            "kernel": self.kernel,
+        }
 
 
 Shape = Union[LinearShape, ConvShape]
 
 
 def parse_shapes(text: str, shape_type: type[Shape]) -> tuple[Shape, ...]:
-    """"256x1024x1024,64x512x512" -> shapes; ValueError naming the bad item otherwise."""
+    """ "256x1024x1024,64x512x512" -> shapes; ValueError naming the bad item otherwise."""
     fields = len(shape_type.__dataclass_fields__)
     shapes = []
     for item in text.split(","):
         sizes = item.strip().lower().split("x")
         if len(sizes) != fields or not all(size.isdigit() and int(size) > 0 for size in sizes):
-            raise ValueError(f"bad shape {item.strip()!r}: expected {shape_type.FORMAT} with {fields} positive "
-                             f"integers, items separated by commas")
+            raise ValueError(
+                f"bad shape {item.strip()!r}: expected {shape_type.FORMAT} with {fields} positive "
+                f"integers, items separated by commas"
+            )
         shapes.append(shape_type(*map(int, sizes)))
     return tuple(shapes)
 

@@ -16,9 +16,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(steps: Mapping[str, Callable[[], object]], device: torch.device, *, warmup: int, repeats: int,
-                     reset: Callable[[], None] = lambda: None,
-                     on_round: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+def time_interleaved(
+    steps: Mapping[str, Callable[[], object]],
+    device: torch.device,
+    *,
+    warmup: int,
+    repeats: int,
+    reset: Callable[[], None] = lambda: None,
+    on_round: Callable[[], None] = lambda: None,
+) -> dict[str, list[float]]:
     """Seconds of each call of every step, `repeats` samples each after `warmup` untimed rounds.
 
     Every round calls every step once, starting one further along each round: drifts of the machine (clock,

@@ -91,8 +91,11 @@ _ALLOCATOR_VARIABLES = ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_CONF")
 
 def allocator_settings() -> dict[str, str]:
     """The allocator settings of this process's environment, by variable."""
-    return {name: value for name, value in sorted(os.environ.items())
-            if name in _ALLOCATOR_VARIABLES or (name.startswith("MALLOC_") and name.endswith("_"))}
+    return {
+        name: value
+        for name, value in sorted(os.environ.items())
+        if name in _ALLOCATOR_VARIABLES or (name.startswith("MALLOC_") and name.endswith("_"))
+    }
 
 
 Column = tuple[str, Callable[[dict], str]]
@@ -100,9 +103,11 @@ Column = tuple[str, Callable[[dict], str]]
 
 def _number(key: str, scale: float = 1.0, digits: int = 2) -> Callable[[dict], str]:
     """Formats row[key] * scale; a dash where the row has no value."""
+
     def format_value(row: dict) -> str:
         value = row.get(key)
         return "–" if value is None else f"{value * scale:.{digits}f}"
+
     return format_value
 
 
@@ -113,41 +118,66 @@ def _text(key: str) -> Callable[[dict], str]:
 MS, MIB = 1e3, 1 / 2**20
 
 LAYER_COLUMNS: list[Column] = [
-    ("shape", _text("shape")), ("e", _text("expansion")), ("variant", _text("variant")),
-    ("median ms", _number("time_s", MS, 3)), ("× dense", _number("ratio_dense")),
-    ("× naive", _number("ratio_naive")), ("× compiled", _number("ratio_compiled")),
-    ("saved MiB", _number("saved_bytes_excl_params", MIB)), ("+ params MiB", _number("saved_param_bytes", MIB)),
-    ("peak MiB", _number("peak_bytes", MIB)), ("extra ms", _number("extra_s", MS, 3)),
-    ("floor ms", _number("floor_s", MS, 3)), ("extra / floor", _number("extra_over_floor", digits=1)),
+    ("shape", _text("shape")),
+    ("e", _text("expansion")),
+    ("variant", _text("variant")),
+    ("median ms", _number("time_s", MS, 3)),
+    ("× dense", _number("ratio_dense")),
+    ("× naive", _number("ratio_naive")),
+    ("× compiled", _number("ratio_compiled")),
+    ("saved MiB", _number("saved_bytes_excl_params", MIB)),
+    ("+ params MiB", _number("saved_param_bytes", MIB)),
+    ("peak MiB", _number("peak_bytes", MIB)),
+    ("extra ms", _number("extra_s", MS, 3)),
+    ("floor ms", _number("floor_s", MS, 3)),
+    ("extra / floor", _number("extra_over_floor", digits=1)),
     ("% floor", _number("floor_reached", 100, 0)),
 ]
 
 KERNEL_COLUMNS: list[Column] = [
-    ("op", _text("op")), ("e×N×K", _text("shape")), ("variant", _text("variant")),
-    ("median ms", _number("time_s", MS, 3)), ("× naive", _number("ratio_naive")),
-    ("× compiled", _number("ratio_compiled")), ("GB/s", _number("bytes_per_s", 1e-9, 1)),
-    ("floor ms", _number("floor_s", MS, 3)), ("time / floor", _number("time_over_floor", digits=1)),
+    ("op", _text("op")),
+    ("e×N×K", _text("shape")),
+    ("variant", _text("variant")),
+    ("median ms", _number("time_s", MS, 3)),
+    ("× naive", _number("ratio_naive")),
+    ("× compiled", _number("ratio_compiled")),
+    ("GB/s", _number("bytes_per_s", 1e-9, 1)),
+    ("floor ms", _number("floor_s", MS, 3)),
+    ("time / floor", _number("time_over_floor", digits=1)),
     ("% copy BW", _number("copy_bandwidth_fraction", 100, 0)),
 ]
 
 CROSSOVER_COLUMNS: list[Column] = [
-    ("weight N×K", _text("shape")), ("e", _text("expansion")), ("M", _text("M")), ("variant", _text("variant")),
-    ("median ms", _number("time_s", MS, 3)), ("× combine", _number("ratio_combine")),
-]
-
-CONV_FUSED_COLUMNS: list[Column] = [
-    ("shape", _text("shape")), ("e", _text("expansion")), ("variant", _text("variant")),
-    ("median ms", _number("time_s", MS, 3)), ("× dense", _number("ratio_dense")),
+    ("weight N×K", _text("shape")),
+    ("e", _text("expansion")),
+    ("M", _text("M")),
+    ("variant", _text("variant")),
+    ("median ms", _number("time_s", MS, 3)),
     ("× combine", _number("ratio_combine")),
 ]
 
-SECTION_TITLES = {"linear": ("Linear (x: M×K, weight: N×K)", LAYER_COLUMNS),
-                  "conv": ("Conv2d (batch×C_in×C_out×H×W×kernel, stride 1, same padding)", LAYER_COLUMNS),
-                  "kernels": ("Kernels alone (weight e×N×K)", KERNEL_COLUMNS),
-                  "crossover": ("Triton linear paths over M (one training step; × combine = time / the combine "
-                                "path's)", CROSSOVER_COLUMNS),
-                  "conv-fused": ("Conv2d forward: the fused implicit GEMM against combine + cuDNN (× combine = "
-                                 "time / the fastest mk[...]'s)", CONV_FUSED_COLUMNS)}
+CONV_FUSED_COLUMNS: list[Column] = [
+    ("shape", _text("shape")),
+    ("e", _text("expansion")),
+    ("variant", _text("variant")),
+    ("median ms", _number("time_s", MS, 3)),
+    ("× dense", _number("ratio_dense")),
+    ("× combine", _number("ratio_combine")),
+]
+
+SECTION_TITLES = {
+    "linear": ("Linear (x: M×K, weight: N×K)", LAYER_COLUMNS),
+    "conv": ("Conv2d (batch×C_in×C_out×H×W×kernel, stride 1, same padding)", LAYER_COLUMNS),
+    "kernels": ("Kernels alone (weight e×N×K)", KERNEL_COLUMNS),
+    "crossover": (
+        "Triton linear paths over M (one training step; × combine = time / the combine path's)",
+        CROSSOVER_COLUMNS,
+    ),
+    "conv-fused": (
+        "Conv2d forward: the fused implicit GEMM against combine + cuDNN (× combine = time / the fastest mk[...]'s)",
+        CONV_FUSED_COLUMNS,
+    ),
+}
 
 NOTES = """\
 Times are medians of the repeats, all variants of a case timed in turn in the same rounds; × X = time / X's time.
@@ -170,33 +200,47 @@ prototype)."""
 def markdown_table(rows: list[dict], columns: list[Column]) -> str:
     # A column that is empty on every row (no CUDA peak on a CPU, no compiled baseline) is left out.
     columns = [(header, cell) for header, cell in columns if any(cell(row) != "–" for row in rows)]
-    lines = ["| " + " | ".join(header for header, _ in columns) + " |",
-             "|" + "|".join("---" if header in ("shape", "e×N×K", "weight N×K", "variant", "op") else "---:"
-                            for header, _ in columns) + "|"]
+    lines = [
+        "| " + " | ".join(header for header, _ in columns) + " |",
+        "|"
+        + "|".join(
+            "---" if header in ("shape", "e×N×K", "weight N×K", "variant", "op") else "---:" for header, _ in columns
+        )
+        + "|",
+    ]
     lines += ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def _header(meta: dict) -> str:
-    device = (f"{meta['device_name']}" if meta["device"] == "cuda"
-              else f"{meta['cpu']}, {meta['cpu_cores']} cores, {meta['torch_threads']} torch threads")
+    device = (
+        f"{meta['device_name']}"
+        if meta["device"] == "cuda"
+        else f"{meta['cpu']}, {meta['cpu_cores']} cores, {meta['torch_threads']} torch threads"
+    )
     dtype = meta["dtype"] + (" (autocast, float32 master weights)" if meta["autocast"] else "")
-    return "\n".join([
-        f"# majority-kernels benchmark: {meta['name']}",
-        "",
-        f"- device: {meta['device']} ({device})",
-        f"- torch {meta['torch']}" + (f", CUDA {meta['cuda']}" if meta["cuda"] else "")
-        + f", python {meta['python']}, majority-kernels {meta['majority_kernels']}",
-        f"- backends: {', '.join(meta['backends'])}; dtype: {dtype}",
-        f"- {meta['repeats']} timed rounds after {meta['warmup']} warm-up rounds; torch.compile baseline: "
-        f"{'yes' if meta['compile'] else 'no'}; date: {meta['date']}",
-        f"- copy bandwidth: {meta['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (large copy_, read + write)",
-        f"- mixing weights: spec {meta.get('spec', 'v1')} (docs/design.md section 4)"
-        + (f"; CPU kernels: the {meta['cpu_kernels']} build" if meta.get("cpu_kernels") else ""),
-        "- allocator settings: " + (", ".join(f"{name}={value}" for name, value in
-                                             meta.get("allocator_settings", {}).items()) or "none (the defaults)"),
-        *(f"- not run: {section}: {why}" for section, why in meta.get("skipped_sections", {}).items()),
-    ])
+    return "\n".join(
+        [
+            f"# majority-kernels benchmark: {meta['name']}",
+            "",
+            f"- device: {meta['device']} ({device})",
+            f"- torch {meta['torch']}"
+            + (f", CUDA {meta['cuda']}" if meta["cuda"] else "")
+            + f", python {meta['python']}, majority-kernels {meta['majority_kernels']}",
+            f"- backends: {', '.join(meta['backends'])}; dtype: {dtype}",
+            f"- {meta['repeats']} timed rounds after {meta['warmup']} warm-up rounds; torch.compile baseline: "
+            f"{'yes' if meta['compile'] else 'no'}; date: {meta['date']}",
+            f"- copy bandwidth: {meta['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (large copy_, read + write)",
+            f"- mixing weights: spec {meta.get('spec', 'v1')} (docs/design.md section 4)"
+            + (f"; CPU kernels: the {meta['cpu_kernels']} build" if meta.get("cpu_kernels") else ""),
+            "- allocator settings: "
+            + (
+                ", ".join(f"{name}={value}" for name, value in meta.get("allocator_settings", {}).items())
+                or "none (the defaults)"
+            ),
+            *(f"- not run: {section}: {why}" for section, why in meta.get("skipped_sections", {}).items()),
+        ]
+    )
 
 
 def _stop(m: Optional[int], largest: int) -> str:
@@ -211,23 +255,29 @@ def crossover_summary(rows: list[dict]) -> str:
         f"triton_fused_forward_max_m = {row['fused_forward_max_m']}); the fused dW "
         f"{_stop(row['fused_wgrad_stops_at_m'], row['largest_m'])} (triton_fused_wgrad_max_m = "
         f"{row['fused_wgrad_max_m']})"
-        for row in rows if row["variant"] == "summary")
+        for row in rows
+        if row["variant"] == "summary"
+    )
 
 
 def conv_fused_summary(rows: list[dict]) -> str:
     """One line: the cases where the fused convolution is faster than the fastest combine + cuDNN, if any."""
     fused = [row for row in rows if row["role"] == FUSED]
-    wins = [f"{row['shape']} e = {row['expansion']} ({row['ratio_combine']:.2f}×)" for row in fused
-            if row["ratio_combine"] < 1]
+    wins = [
+        f"{row['shape']} e = {row['expansion']} ({row['ratio_combine']:.2f}×)"
+        for row in fused
+        if row["ratio_combine"] < 1
+    ]
     if wins:
         return "- the fused implicit GEMM beats combine + cuDNN at: " + ", ".join(wins)
     closest = min(fused, key=lambda row: row["ratio_combine"])
-    return (f"- the fused implicit GEMM beats combine + cuDNN nowhere measured (closest: {closest['shape']} e = "
-            f"{closest['expansion']}, {closest['ratio_combine']:.2f}× the time)")
+    return (
+        f"- the fused implicit GEMM beats combine + cuDNN nowhere measured (closest: {closest['shape']} e = "
+        f"{closest['expansion']}, {closest['ratio_combine']:.2f}× the time)"
+    )
 
 
-SUMMARIES: dict[str, Callable[[list[dict]], str]] = {"crossover": crossover_summary,
-                                                     "conv-fused": conv_fused_summary}
+SUMMARIES: dict[str, Callable[[list[dict]], str]] = {"crossover": crossover_summary, "conv-fused": conv_fused_summary}
 
 
 def to_markdown(report: dict) -> str:

@@ -71,8 +71,13 @@ class LayerCase:
     """One layer shape at one expansion: the input, the output gradient, and the variants to compare (those that
     `build` makes from the dense layer)."""
 
-    def __init__(self, shape: Shape, expansion: int, config: BenchConfig,
-                 build: Callable[[torch.nn.Module, int, BuildOptions], list[Variant]] = layer_variants) -> None:
+    def __init__(
+        self,
+        shape: Shape,
+        expansion: int,
+        config: BenchConfig,
+        build: Callable[[torch.nn.Module, int, BuildOptions], list[Variant]] = layer_variants,
+    ) -> None:
         self.config = config
         dense = shape.dense_layer(config.device)
         self.x = shape.input(config.device, config.dtype).requires_grad_()
@@ -110,13 +115,20 @@ class LayerCase:
         return counter.result(), peak.bytes
 
 
-def layer_rows(section: str, shape: Shape, expansion: int, config: BenchConfig, bandwidth: float,
-               advance: Callable[[], None]) -> list[dict]:
+def layer_rows(
+    section: str, shape: Shape, expansion: int, config: BenchConfig, bandwidth: float, advance: Callable[[], None]
+) -> list[dict]:
     """Measure one layer case and return a row per variant."""
     case = LayerCase(shape, expansion, config)
     memory = {variant.name: case.memory(variant) for variant in case.variants}
-    samples = time_interleaved({v.name: lambda v=v, case=case: case.step(v) for v in case.variants}, config.device,
-                               warmup=config.warmup, repeats=config.repeats, reset=case.reset, on_round=advance)
+    samples = time_interleaved(
+        {v.name: lambda v=v, case=case: case.step(v) for v in case.variants},
+        config.device,
+        warmup=config.warmup,
+        repeats=config.repeats,
+        reset=case.reset,
+        on_round=advance,
+    )
     medians = _medians(samples)
     baselines = _baselines({v.name: v.role for v in case.variants}, medians)
     floor_bytes = floor_extra_bytes(shape.weight_numel, expansion, config.dtype)
@@ -127,21 +139,35 @@ def layer_rows(section: str, shape: Shape, expansion: int, config: BenchConfig, 
         extra = None if variant.role == DENSE else time - baselines[DENSE]
         # The share of the floor reached: floor / extra, 1 at the floor (None where nothing is extra).
         reached = floor_s / extra if extra is not None and extra > 0 else None
-        rows.append({
-            "section": section, "shape": shape.label, "dims": shape.as_dict(), "expansion": expansion,
-            "variant": variant.name, "role": variant.role, "backend": variant.backend,
-            "time_s": time, "times_s": samples[variant.name],
-            **_ratios(time, baselines, (DENSE, NAIVE, COMPILED)),
-            "saved_bytes": saved.total, "saved_param_bytes": saved.parameters,
-            "saved_bytes_excl_params": saved.excluding_parameters, "peak_bytes": peak,
-            "floor_extra_bytes": floor_bytes, "floor_s": floor_s, "extra_s": extra,
-            "extra_over_floor": None if extra is None else extra / floor_s, "floor_reached": reached,
-        })
+        rows.append(
+            {
+                "section": section,
+                "shape": shape.label,
+                "dims": shape.as_dict(),
+                "expansion": expansion,
+                "variant": variant.name,
+                "role": variant.role,
+                "backend": variant.backend,
+                "time_s": time,
+                "times_s": samples[variant.name],
+                **_ratios(time, baselines, (DENSE, NAIVE, COMPILED)),
+                "saved_bytes": saved.total,
+                "saved_param_bytes": saved.parameters,
+                "saved_bytes_excl_params": saved.excluding_parameters,
+                "peak_bytes": peak,
+                "floor_extra_bytes": floor_bytes,
+                "floor_s": floor_s,
+                "extra_s": extra,
+                "extra_over_floor": None if extra is None else extra / floor_s,
+                "floor_reached": reached,
+            }
+        )
     return rows
 
 
-def kernel_rows(weight_shape: tuple[int, int], expansion: int, config: BenchConfig, bandwidth: float,
-                advance: Callable[[], None]) -> list[dict]:
+def kernel_rows(
+    weight_shape: tuple[int, int], expansion: int, config: BenchConfig, bandwidth: float, advance: Callable[[], None]
+) -> list[dict]:
     """combine and scatter alone on a weight [expansion, *weight_shape]: a row per op and implementation."""
     device, dtype = config.device, config.dtype
     numel = weight_shape[0] * weight_shape[1]
@@ -152,32 +178,61 @@ def kernel_rows(weight_shape: tuple[int, int], expansion: int, config: BenchConf
     seed = torch.tensor(SEED, dtype=torch.int64, device=device)
     # Both ops move the copies once (read for combine, write for scatter) and one compute-dtype matrix.
     floor_bytes = numel * (expansion * MASTER_DTYPE.itemsize + dtype.itemsize)
-    ops = {"combine": combine_steps(weight, seed, dtype, options),
-           "scatter": scatter_steps(grad, seed, expansion, MASTER_DTYPE, options)}
+    ops = {
+        "combine": combine_steps(weight, seed, dtype, options),
+        "scatter": scatter_steps(grad, seed, expansion, MASTER_DTYPE, options),
+    }
     label = f"{expansion}x{weight_shape[0]}x{weight_shape[1]}"
-    return [row for op, steps in ops.items()
-            for row in _kernel_op_rows(op, steps, label, expansion, floor_bytes, bandwidth, config, advance)]
+    return [
+        row
+        for op, steps in ops.items()
+        for row in _kernel_op_rows(op, steps, label, expansion, floor_bytes, bandwidth, config, advance)
+    ]
 
 
-def _kernel_op_rows(op: str, steps: list[KernelStep], label: str, expansion: int, floor_bytes: int,
-                    bandwidth: float, config: BenchConfig, advance: Callable[[], None]) -> list[dict]:
+def _kernel_op_rows(
+    op: str,
+    steps: list[KernelStep],
+    label: str,
+    expansion: int,
+    floor_bytes: int,
+    bandwidth: float,
+    config: BenchConfig,
+    advance: Callable[[], None],
+) -> list[dict]:
     """Time the implementations of one op against each other: a row per implementation."""
     with torch.no_grad():
         for step in steps:  # first calls untimed: compilation
             step.run()
-        samples = time_interleaved({step.name: step.run for step in steps}, config.device, warmup=config.warmup,
-                                   repeats=config.repeats, on_round=advance)
+        samples = time_interleaved(
+            {step.name: step.run for step in steps},
+            config.device,
+            warmup=config.warmup,
+            repeats=config.repeats,
+            on_round=advance,
+        )
     medians = _medians(samples)
     baselines = _baselines({step.name: step.role for step in steps}, medians)
     floor_s = floor_bytes / bandwidth
-    return [{
-        "section": "kernels", "op": op, "shape": label, "expansion": expansion, "variant": step.name,
-        "role": step.role, "time_s": medians[step.name], "times_s": samples[step.name],
-        **_ratios(medians[step.name], baselines, (NAIVE, COMPILED)),
-        "floor_bytes": floor_bytes, "floor_s": floor_s, "time_over_floor": medians[step.name] / floor_s,
-        "bytes_per_s": floor_bytes / medians[step.name],
-        "copy_bandwidth_fraction": floor_bytes / medians[step.name] / bandwidth,
-    } for step in steps]
+    return [
+        {
+            "section": "kernels",
+            "op": op,
+            "shape": label,
+            "expansion": expansion,
+            "variant": step.name,
+            "role": step.role,
+            "time_s": medians[step.name],
+            "times_s": samples[step.name],
+            **_ratios(medians[step.name], baselines, (NAIVE, COMPILED)),
+            "floor_bytes": floor_bytes,
+            "floor_s": floor_s,
+            "time_over_floor": medians[step.name] / floor_s,
+            "bytes_per_s": floor_bytes / medians[step.name],
+            "copy_bandwidth_fraction": floor_bytes / medians[step.name] / bandwidth,
+        }
+        for step in steps
+    ]
 
 
 # The crossover sweep's path pairs (forward, dW): the combine path and each fused path alone.
@@ -190,8 +245,9 @@ def _sweep_variants(dense: torch.nn.Module, expansion: int, options: BuildOption
     return [Variant(triton_path_name(*paths), MK, layer, "triton", paths) for paths in SWEEP_PATHS]
 
 
-def crossover_rows(weight_shape: tuple[int, int], expansion: int, config: BenchConfig,
-                   advance: Callable[[], None]) -> list[dict]:
+def crossover_rows(
+    weight_shape: tuple[int, int], expansion: int, config: BenchConfig, advance: Callable[[], None]
+) -> list[dict]:
     """One training step of MKLinear on the Triton backend for every M of config.crossover_ms: the combine path
     against the fused forward (with its fused input gradient) and against the fused dW. A row per M and path,
     then a summary row: the first M at which each fused path is no faster than the combine path (None: it
@@ -204,26 +260,50 @@ def crossover_rows(weight_shape: tuple[int, int], expansion: int, config: BenchC
     stops = {FUSED_FORWARD: None, FUSED_WGRAD: None}
     for m in config.crossover_ms:
         case = LayerCase(LinearShape(m, n, k), expansion, config, _sweep_variants)
-        samples = time_interleaved({v.name: lambda v=v, case=case: case.step(v) for v in case.variants}, config.device,
-                                   warmup=config.warmup, repeats=config.repeats, reset=case.reset, on_round=advance)
+        samples = time_interleaved(
+            {v.name: lambda v=v, case=case: case.step(v) for v in case.variants},
+            config.device,
+            warmup=config.warmup,
+            repeats=config.repeats,
+            reset=case.reset,
+            on_round=advance,
+        )
         medians = _medians(samples)
         for name, time in medians.items():
-            rows.append({"section": "crossover", "shape": label, "expansion": expansion, "M": m, "variant": name,
-                         "time_s": time, "times_s": samples[name], "ratio_combine": time / medians[COMBINE]})
+            rows.append(
+                {
+                    "section": "crossover",
+                    "shape": label,
+                    "expansion": expansion,
+                    "M": m,
+                    "variant": name,
+                    "time_s": time,
+                    "times_s": samples[name],
+                    "ratio_combine": time / medians[COMBINE],
+                }
+            )
         for name, stop in stops.items():
             if stop is None and medians[name] >= medians[COMBINE]:
                 stops[name] = m
         if all(stop is not None for stop in stops.values()):
             break
-    rows.append({"section": "crossover", "shape": label, "expansion": expansion, "variant": "summary",
-                 "fused_forward_stops_at_m": stops[FUSED_FORWARD], "fused_wgrad_stops_at_m": stops[FUSED_WGRAD],
-                 "largest_m": rows[-1]["M"], "fused_forward_max_m": thresholds.triton_fused_forward_max_m,
-                 "fused_wgrad_max_m": thresholds.triton_fused_wgrad_max_m})
+    rows.append(
+        {
+            "section": "crossover",
+            "shape": label,
+            "expansion": expansion,
+            "variant": "summary",
+            "fused_forward_stops_at_m": stops[FUSED_FORWARD],
+            "fused_wgrad_stops_at_m": stops[FUSED_WGRAD],
+            "largest_m": rows[-1]["M"],
+            "fused_forward_max_m": thresholds.triton_fused_forward_max_m,
+            "fused_wgrad_max_m": thresholds.triton_fused_wgrad_max_m,
+        }
+    )
     return rows
 
 
-def conv_fused_rows(shape: ConvShape, expansion: int, config: BenchConfig,
-                    advance: Callable[[], None]) -> list[dict]:
+def conv_fused_rows(shape: ConvShape, expansion: int, config: BenchConfig, advance: Callable[[], None]) -> list[dict]:
     """The forward alone (no autograd, under the run's autocast) of one convolution: dense, the MK path (combine
     + F.conv2d) per backend, and the fused implicit GEMM. A row per implementation, with its time over dense's and
     over the fastest MK path's ("ratio_combine")."""
@@ -235,15 +315,30 @@ def conv_fused_rows(shape: ConvShape, expansion: int, config: BenchConfig,
     with torch.no_grad(), config.autocast():
         for step in steps:  # first calls untimed: autotuning, cuDNN's algorithm search
             step.run()
-        samples = time_interleaved({step.name: step.run for step in steps}, config.device, warmup=config.warmup,
-                                   repeats=config.repeats, on_round=advance)
+        samples = time_interleaved(
+            {step.name: step.run for step in steps},
+            config.device,
+            warmup=config.warmup,
+            repeats=config.repeats,
+            on_round=advance,
+        )
     medians = _medians(samples)
     combine = min(medians[step.name] for step in steps if step.role == MK)
-    return [{
-        "section": "conv-fused", "shape": shape.label, "dims": shape.as_dict(), "expansion": expansion,
-        "variant": step.name, "role": step.role, "time_s": medians[step.name], "times_s": samples[step.name],
-        "ratio_dense": medians[step.name] / medians[DENSE], "ratio_combine": medians[step.name] / combine,
-    } for step in steps]
+    return [
+        {
+            "section": "conv-fused",
+            "shape": shape.label,
+            "dims": shape.as_dict(),
+            "expansion": expansion,
+            "variant": step.name,
+            "role": step.role,
+            "time_s": medians[step.name],
+            "times_s": samples[step.name],
+            "ratio_dense": medians[step.name] / medians[DENSE],
+            "ratio_combine": medians[step.name] / combine,
+        }
+        for step in steps
+    ]
 
 
 # The sections that time Triton kernels against cuBLAS / cuDNN: they run only on CUDA with the Triton backend.
@@ -277,19 +372,31 @@ class Case:
 
 def plan(config: BenchConfig) -> list[Case]:
     """The cases of `config`, in the order they run."""
-    cases = [Case(section, f"{section} {shape.label} e={e}", 1,
-                  functools.partial(layer_rows, section, shape, e, config))
-             for section, shape_cases in (("linear", config.linear_cases), ("conv", config.conv_cases))
-             for shape, e in shape_cases]
-    cases += [Case("kernels", f"kernels {e}x{n}x{k}", 2, functools.partial(kernel_rows, (n, k), e, config))
-              for (n, k), e in config.kernel_cases]
+    cases = [
+        Case(section, f"{section} {shape.label} e={e}", 1, functools.partial(layer_rows, section, shape, e, config))
+        for section, shape_cases in (("linear", config.linear_cases), ("conv", config.conv_cases))
+        for shape, e in shape_cases
+    ]
+    cases += [
+        Case("kernels", f"kernels {e}x{n}x{k}", 2, functools.partial(kernel_rows, (n, k), e, config))
+        for (n, k), e in config.kernel_cases
+    ]
     if _gpu_triton_unavailable(config) is None:
-        cases += [Case("crossover", f"crossover {e}x{n}x{k}", len(config.crossover_ms),
-                       functools.partial(crossover_rows, (n, k), e, config))
-                  for (n, k), e in config.crossover_cases]
-        cases += [Case("conv-fused", f"conv-fused {shape.label} e={e}", 1,
-                       functools.partial(conv_fused_rows, shape, e, config))
-                  for shape, e in config.conv_fused_cases]
+        cases += [
+            Case(
+                "crossover",
+                f"crossover {e}x{n}x{k}",
+                len(config.crossover_ms),
+                functools.partial(crossover_rows, (n, k), e, config),
+            )
+            for (n, k), e in config.crossover_cases
+        ]
+        cases += [
+            Case(
+                "conv-fused", f"conv-fused {shape.label} e={e}", 1, functools.partial(conv_fused_rows, shape, e, config)
+            )
+            for shape, e in config.conv_fused_cases
+        ]
     return cases
 
 

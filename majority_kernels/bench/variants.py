@@ -51,8 +51,9 @@ def dense_op(layer: nn.Module) -> Callable[[Tensor, Tensor, Optional[Tensor]], T
         return F.linear
     if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and layer.padding_mode == "zeros":
         conv = (F.conv1d, F.conv2d, F.conv3d)[len(layer.kernel_size) - 1]
-        return functools.partial(conv, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                                 groups=layer.groups)
+        return functools.partial(
+            conv, stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups
+        )
     raise TypeError(f"no naive version of {type(layer).__name__}")
 
 
@@ -113,7 +114,10 @@ def naive_variants(dense: nn.Module, expansion: int, options: BuildOptions) -> l
 
 
 LAYER_VARIANTS: list[Callable[[nn.Module, int, BuildOptions], list[Variant]]] = [
-    dense_variants, mk_variants, naive_variants]
+    dense_variants,
+    mk_variants,
+    naive_variants,
+]
 
 
 def layer_variants(dense: nn.Module, expansion: int, options: BuildOptions) -> list[Variant]:
@@ -140,8 +144,10 @@ def _under_backend(backend: str, op: Callable[..., Tensor], *args, **kwargs) -> 
 
 def _mk_steps(options: BuildOptions, op: Callable[..., Tensor], *args, **kwargs) -> list[KernelStep]:
     """The fused op, once per backend."""
-    return [KernelStep(f"mk[{backend}]", MK, functools.partial(_under_backend, backend, op, *args, **kwargs))
-            for backend in options.backends]
+    return [
+        KernelStep(f"mk[{backend}]", MK, functools.partial(_under_backend, backend, op, *args, **kwargs))
+        for backend in options.backends
+    ]
 
 
 def combine_steps(weight: Tensor, seed: Tensor, dtype: torch.dtype, options: BuildOptions) -> list[KernelStep]:
@@ -154,8 +160,9 @@ def combine_steps(weight: Tensor, seed: Tensor, dtype: torch.dtype, options: Bui
     return steps
 
 
-def scatter_steps(grad: Tensor, seed: Tensor, expansion: int, weight_dtype: torch.dtype,
-                  options: BuildOptions) -> list[KernelStep]:
+def scatter_steps(
+    grad: Tensor, seed: Tensor, expansion: int, weight_dtype: torch.dtype, options: BuildOptions
+) -> list[KernelStep]:
     """Every copy's gradient P_k * grad in `weight_dtype`: the fused op per backend (P regenerated), and the naive
     backward's multiply by the P it kept from the forward."""
     steps = _mk_steps(options, functional.scatter, grad, seed, 0, expansion, out_dtype=weight_dtype)
@@ -165,8 +172,9 @@ def scatter_steps(grad: Tensor, seed: Tensor, expansion: int, weight_dtype: torc
     return steps
 
 
-def conv_forward_steps(dense: nn.Conv2d, x: Tensor, weight: Tensor, seed: Tensor,
-                       options: BuildOptions) -> list[KernelStep]:
+def conv_forward_steps(
+    dense: nn.Conv2d, x: Tensor, weight: Tensor, seed: Tensor, options: BuildOptions
+) -> list[KernelStep]:
     """The forward of one convolution on x: the dense layer; the MK path per backend (combine writes W_eff in the
     compute dtype, then F.conv2d: cuDNN on a GPU); and the Triton implicit GEMM that mixes the copies `weight`
     as it loads its weight tiles (W_eff never in memory)."""
@@ -174,9 +182,21 @@ def conv_forward_steps(dense: nn.Conv2d, x: Tensor, weight: Tensor, seed: Tensor
 
     conv = dict(stride=dense.stride, padding=dense.padding, dilation=dense.dilation)
     steps = [KernelStep(DENSE, DENSE, functools.partial(dense, x))]
-    steps += [KernelStep(f"mk[{backend}]", MK, functools.partial(_under_backend, backend, functional.majority_conv2d,
-                                                                 x, weight, dense.bias, **conv, seed=seed))
-              for backend in options.backends]
-    steps.append(KernelStep("fused[triton]", FUSED, functools.partial(
-        fused_conv.conv2d_fused_forward, x, weight, dense.bias, **conv, seed=seed)))
+    steps += [
+        KernelStep(
+            f"mk[{backend}]",
+            MK,
+            functools.partial(
+                _under_backend, backend, functional.majority_conv2d, x, weight, dense.bias, **conv, seed=seed
+            ),
+        )
+        for backend in options.backends
+    ]
+    steps.append(
+        KernelStep(
+            "fused[triton]",
+            FUSED,
+            functools.partial(fused_conv.conv2d_fused_forward, x, weight, dense.bias, **conv, seed=seed),
+        )
+    )
     return steps

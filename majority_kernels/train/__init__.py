@@ -15,6 +15,18 @@ from .presets import PRESETS, TrainConfig, Variant
 from .report import default_output, gain_table, summary_table, write
 
 __all__ = [
-    "Task", "custom_task", "load_digits", "load_python_docs", "load_tabular", "run", "resolve_device", "PRESETS",
-    "TrainConfig", "Variant", "default_output", "gain_table", "summary_table", "write",
+    "Task",
+    "custom_task",
+    "load_digits",
+    "load_python_docs",
+    "load_tabular",
+    "run",
+    "resolve_device",
+    "PRESETS",
+    "TrainConfig",
+    "Variant",
+    "default_output",
+    "gain_table",
+    "summary_table",
+    "write",
 ]

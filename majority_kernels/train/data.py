@@ -42,8 +42,16 @@ class Task:
     validation: Optional[Dataset] = None  # carved out of the training data by with_validation
 
 
-def custom_task(train: Dataset, test: Dataset, num_classes: int, *, name: str = "custom",
-                kind: str = CLASSIFICATION, description: str = "", validation: Optional[Dataset] = None) -> Task:
+def custom_task(
+    train: Dataset,
+    test: Dataset,
+    num_classes: int,
+    *,
+    name: str = "custom",
+    kind: str = CLASSIFICATION,
+    description: str = "",
+    validation: Optional[Dataset] = None,
+) -> Task:
     """A Task from your own datasets: each item an (input tensor, target) pair; the input shape is read from the
     first training item. The built-in models fit inputs of shape (C, H, W) ("cnn") or any shape ("mlp", which
     flattens it); for other models pass build_model to `run`. Without a validation dataset, the experiment carves
@@ -72,15 +80,21 @@ def load_digits(split_seed: int = 0, test_fraction: float = 0.2) -> Task:
     bunch = sklearn_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1)  # [N, 1, 8, 8]
     labels = torch.tensor(bunch.target, dtype=torch.int64)
-    train_index, test_index = train_test_split(torch.arange(len(labels)).numpy(), test_size=test_fraction,
-                                               stratify=bunch.target, random_state=split_seed)
+    train_index, test_index = train_test_split(
+        torch.arange(len(labels)).numpy(), test_size=test_fraction, stratify=bunch.target, random_state=split_seed
+    )
     train_index, test_index = torch.as_tensor(train_index), torch.as_tensor(test_index)
     mean, std = images[train_index].mean(), images[train_index].std()
     images = (images - mean) / std
-    return Task("digits", TensorDataset(images[train_index], labels[train_index]),
-                TensorDataset(images[test_index], labels[test_index]), num_classes=10, input_shape=(1, 8, 8),
-                description=f"scikit-learn digits, 8x8 images, stratified split (seed {split_seed}): "
-                            f"{len(train_index)} train / {len(test_index)} test")
+    return Task(
+        "digits",
+        TensorDataset(images[train_index], labels[train_index]),
+        TensorDataset(images[test_index], labels[test_index]),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        description=f"scikit-learn digits, 8x8 images, stratified split (seed {split_seed}): "
+        f"{len(train_index)} train / {len(test_index)} test",
+    )
 
 
 def load_tabular(name: str, split_seed: int = 0, test_fraction: float = 0.2) -> Task:
@@ -96,15 +110,23 @@ def load_tabular(name: str, split_seed: int = 0, test_fraction: float = 0.2) -> 
     bunch = loaders[name]()
     features = torch.tensor(bunch.data, dtype=torch.float32)
     labels = torch.tensor(bunch.target, dtype=torch.int64)
-    train_index, test_index = (torch.as_tensor(index) for index in train_test_split(
-        torch.arange(len(labels)).numpy(), test_size=test_fraction, stratify=bunch.target, random_state=split_seed))
+    train_index, test_index = (
+        torch.as_tensor(index)
+        for index in train_test_split(
+            torch.arange(len(labels)).numpy(), test_size=test_fraction, stratify=bunch.target, random_state=split_seed
+        )
+    )
     mean, std = features[train_index].mean(0), features[train_index].std(0)
     features = (features - mean) / std
-    return Task(name, TensorDataset(features[train_index], labels[train_index]),
-                TensorDataset(features[test_index], labels[test_index]), num_classes=int(labels.max()) + 1,
-                input_shape=(features.shape[1],),
-                description=f"scikit-learn {name}, {features.shape[1]} standardised features, stratified split "
-                            f"(seed {split_seed}): {len(train_index)} train / {len(test_index)} test")
+    return Task(
+        name,
+        TensorDataset(features[train_index], labels[train_index]),
+        TensorDataset(features[test_index], labels[test_index]),
+        num_classes=int(labels.max()) + 1,
+        input_shape=(features.shape[1],),
+        description=f"scikit-learn {name}, {features.shape[1]} standardised features, stratified split "
+        f"(seed {split_seed}): {len(train_index)} train / {len(test_index)} test",
+    )
 
 
 class CharWindows(Dataset):
@@ -120,7 +142,7 @@ class CharWindows(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(index)
         start = index * self.context
-        return self.tokens[start:start + self.context], self.tokens[start + 1:start + self.context + 1]
+        return self.tokens[start : start + self.context], self.tokens[start + 1 : start + self.context + 1]
 
 
 def python_docs_text() -> str:
@@ -132,8 +154,9 @@ def python_docs_text() -> str:
     try:
         from pydoc_data.topics import topics
     except ImportError as error:
-        raise ImportError("this Python was installed without pydoc_data (the help() topics); the language-model "
-                          "task needs it") from error
+        raise ImportError(
+            "this Python was installed without pydoc_data (the help() topics); the language-model task needs it"
+        ) from error
     return "\n\n".join(topics[name] for name in sorted(topics))
 
 
@@ -147,16 +170,25 @@ def load_python_docs(context: int = 128, test_fraction: float = 0.1) -> Task:
     tokens = torch.tensor([index[char] for char in text], dtype=torch.int64)
     split = int(len(tokens) * (1 - test_fraction))
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return Task("python-docs", CharWindows(tokens[:split], context), CharWindows(tokens[split:], context),
-                num_classes=len(vocabulary), input_shape=(context,), kind=LANGUAGE_MODEL,
-                description=f"Python {platform.python_version()} help topics (pydoc_data, sha256 {digest}), "
-                            f"{len(text)} characters, vocabulary {len(vocabulary)}, contiguous split "
-                            f"{split} train / {len(text) - split} test, windows of {context}")
+    return Task(
+        "python-docs",
+        CharWindows(tokens[:split], context),
+        CharWindows(tokens[split:], context),
+        num_classes=len(vocabulary),
+        input_shape=(context,),
+        kind=LANGUAGE_MODEL,
+        description=f"Python {platform.python_version()} help topics (pydoc_data, sha256 {digest}), "
+        f"{len(text)} characters, vocabulary {len(vocabulary)}, contiguous split "
+        f"{split} train / {len(text) - split} test, windows of {context}",
+    )
 
 
 BUILT_IN: dict[str, Callable[[], Task]] = {
-    "digits": load_digits, "python-docs": load_python_docs,
-    "breast-cancer": lambda: load_tabular("breast-cancer"), "wine": lambda: load_tabular("wine")}
+    "digits": load_digits,
+    "python-docs": load_python_docs,
+    "breast-cancer": lambda: load_tabular("breast-cancer"),
+    "wine": lambda: load_tabular("wine"),
+}
 
 
 def task_factory(spec: str) -> Callable[[], Task]:
@@ -179,8 +211,10 @@ def task_factory(spec: str) -> Callable[[], Task]:
 
 def limit(task: Task, train_samples: Optional[int], test_samples: Optional[int]) -> Task:
     """The task on the first train_samples / test_samples items of its datasets (None: all), for quick runs."""
+
     def first(dataset: Dataset, count: Optional[int]) -> Dataset:
         return dataset if count is None or count >= len(dataset) else Subset(dataset, range(count))
+
     return dataclasses.replace(task, train=first(task.train, train_samples), test=first(task.test, test_samples))
 
 
@@ -214,12 +248,15 @@ def with_label_noise(task: Task, rate: float, seed: int = 0) -> Task:
         raise ValueError(f"the label noise rate must be in [0, 1], got {rate}")
     labels = _labels(task.train)
     generator = torch.Generator().manual_seed(seed)
-    flipped = torch.randperm(len(labels), generator=generator)[:round(rate * len(labels))]
+    flipped = torch.randperm(len(labels), generator=generator)[: round(rate * len(labels))]
     offsets = torch.randint(1, task.num_classes, (len(flipped),), generator=generator)
     noisy = labels.clone()
     noisy[flipped] = (labels[flipped] + offsets) % task.num_classes
-    return dataclasses.replace(task, train=Relabelled(task.train, noisy),
-                               description=f"{task.description}; {rate:.0%} of the training labels noisy")
+    return dataclasses.replace(
+        task,
+        train=Relabelled(task.train, noisy),
+        description=f"{task.description}; {rate:.0%} of the training labels noisy",
+    )
 
 
 def with_validation(task: Task, fraction: float, seed: int = 0) -> Task:
@@ -246,7 +283,9 @@ def with_validation(task: Task, fraction: float, seed: int = 0) -> Task:
         validation_index.sort()
     if not train_index or not validation_index:
         raise ValueError(f"{count} training items are too few to carve a validation split of {fraction}")
-    return dataclasses.replace(task, train=Subset(task.train, train_index),
-                               validation=Subset(task.train, validation_index),
-                               description=f"{task.description}; validation: {len(validation_index)} of the "
-                                           f"{count} training items")
+    return dataclasses.replace(
+        task,
+        train=Subset(task.train, train_index),
+        validation=Subset(task.train, validation_index),
+        description=f"{task.description}; validation: {len(validation_index)} of the {count} training items",
+    )

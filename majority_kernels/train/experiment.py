@@ -22,8 +22,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"cuda requested but torch sees no CUDA device (torch {torch.__version__}, "
-                         f"CUDA build: {torch.version.cuda or 'no'})")
+        raise ValueError(
+            f"cuda requested but torch sees no CUDA device (torch {torch.__version__}, "
+            f"CUDA build: {torch.version.cuda or 'no'})"
+        )
     if name not in ("cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
@@ -33,8 +35,9 @@ def load_task(config: TrainConfig) -> data.Task:
     """The Task that config.dataset names."""
     task = data.task_factory(config.dataset)()
     if not isinstance(task, data.Task):
-        raise TypeError(f"{config.dataset} returned {type(task).__name__}, not a Task (see "
-                        f"majority_kernels.train.custom_task)")
+        raise TypeError(
+            f"{config.dataset} returned {type(task).__name__}, not a Task (see majority_kernels.train.custom_task)"
+        )
     return task
 
 
@@ -51,8 +54,7 @@ def _mean_score(records: list[dict], kind: str) -> tuple[float, ...]:
     return tuple(statistics.fmean(column) for column in zip(*scores))
 
 
-def run(config: TrainConfig, task: Optional[data.Task] = None,
-        build_model: Optional[models.Builder] = None) -> dict:
+def run(config: TrainConfig, task: Optional[data.Task] = None, build_model: Optional[models.Builder] = None) -> dict:
     """Runs the experiment and returns the report (see report.summarise). First each variant trains every
     (learning rate, weight decay) of the grid from seeds 0 .. tune_seeds-1 and keeps the pair with the best mean
     validation score; those runs of the kept pair are its first final runs (the same seeds would repeat them).
@@ -68,8 +70,10 @@ def run(config: TrainConfig, task: Optional[data.Task] = None,
     task = prepare_task(config, load_task(config) if task is None else task)
     build_model = build_model or models.model_builder(config.model, task)
     variants = config.variants()
-    widths = {variant: models.wide_width(build_model, task, variant.expansion) if variant.kind == WIDE else 1.0
-              for variant in variants}
+    widths = {
+        variant: models.wide_width(build_model, task, variant.expansion) if variant.kind == WIDE else 1.0
+        for variant in variants
+    }
     grid, tune_seeds = config.grid(), min(config.tune_seeds, config.seeds)
     runs, tuning = [], []
     start = time.perf_counter()
@@ -77,23 +81,34 @@ def run(config: TrainConfig, task: Optional[data.Task] = None,
         backend = backend_for(device).name
         total = len(variants) * (len(grid) * tune_seeds + config.seeds - tune_seeds)
         with tqdm(total=total, desc=config.name, unit="run", disable=not config.progress) as progress:
+
             def train(variant: Variant, seed: int, lr: float, weight_decay: float):
-                result = fit(build_model, task, config, Run(variant, widths[variant], seed, lr, weight_decay),
-                             device, progress)
+                result = fit(
+                    build_model, task, config, Run(variant, widths[variant], seed, lr, weight_decay), device, progress
+                )
                 progress.update()
                 return result
 
             chosen = {}
             for variant in variants:
                 trained = {pair: [train(variant, seed, *pair) for seed in range(tune_seeds)] for pair in grid}
-                scores = {pair: _mean_score([record for _, record in results], task.kind)
-                          for pair, results in trained.items()}
+                scores = {
+                    pair: _mean_score([record for _, record in results], task.kind) for pair, results in trained.items()
+                }
                 chosen[variant] = max(grid, key=lambda pair: scores[pair])  # the first of equal scores
-                tuning += [{"variant": variant.label, "lr": lr, "weight_decay": weight_decay,
-                            "validation_score": list(scores[(lr, weight_decay)]),
-                            "chosen": (lr, weight_decay) == chosen[variant]} for lr, weight_decay in grid]
-                runs += [test(model, build_model, task, config, record, device)
-                         for model, record in trained[chosen[variant]]]
+                tuning += [
+                    {
+                        "variant": variant.label,
+                        "lr": lr,
+                        "weight_decay": weight_decay,
+                        "validation_score": list(scores[(lr, weight_decay)]),
+                        "chosen": (lr, weight_decay) == chosen[variant],
+                    }
+                    for lr, weight_decay in grid
+                ]
+                runs += [
+                    test(model, build_model, task, config, record, device) for model, record in trained[chosen[variant]]
+                ]
             for seed in range(tune_seeds, config.seeds):
                 for variant in variants:
                     model, record = train(variant, seed, *chosen[variant])

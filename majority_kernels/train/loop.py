@@ -73,8 +73,11 @@ def compare_deployed(model: nn.Module, deployed: nn.Module, loader: DataLoader, 
         mk_metrics.add(mk_logits, targets)
         deployed_metrics.add(deployed_logits, targets)
         max_difference = max(max_difference, (mk_logits - deployed_logits).abs().max().item())
-    return {"mk_eval": mk_metrics.result(), "deployed": deployed_metrics.result(),
-            "max_output_difference": max_difference}
+    return {
+        "mk_eval": mk_metrics.result(),
+        "deployed": deployed_metrics.result(),
+        "max_output_difference": max_difference,
+    }
 
 
 MK_LAYER_TYPES = (mk.MKLinear, mk.MKConv1d, mk.MKConv2d, mk.MKConv3d)
@@ -124,8 +127,13 @@ def score(metrics: dict, kind: str) -> tuple[float, float]:
     return (metrics["accuracy"], -metrics["loss"])
 
 
-def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                schedule: torch.optim.lr_scheduler.LRScheduler, device: torch.device) -> float:
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+) -> float:
     """One pass over the training data; returns the mean training loss over the epoch's batches."""
     model.train()
     losses = []
@@ -152,8 +160,14 @@ class Run:
     weight_decay: float
 
 
-def fit(build_model: Builder, task: Task, config: TrainConfig, run: Run, device: torch.device,
-        progress: Optional[tqdm] = None) -> tuple[nn.Module, dict]:
+def fit(
+    build_model: Builder,
+    task: Task,
+    config: TrainConfig,
+    run: Run,
+    device: torch.device,
+    progress: Optional[tqdm] = None,
+) -> tuple[nn.Module, dict]:
     """Trains one run on task.train, evaluating task.validation after every epoch, and returns the model (the
     best epoch's weights under early stopping, else the last epoch's) with its record: per-epoch training loss,
     validation metrics and time, and the kept epoch. The test data is not touched.
@@ -166,8 +180,9 @@ def fit(build_model: Builder, task: Task, config: TrainConfig, run: Run, device:
         mk.convert(model, run.variant.expansion, init=run.variant.init)
     model.to(device)
     initial_spread = copy_spread(model)
-    train_loader = DataLoader(task.train, batch_size=config.batch_size, shuffle=True,
-                              generator=torch.Generator().manual_seed(run.seed))
+    train_loader = DataLoader(
+        task.train, batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(run.seed)
+    )
     validation_loader = DataLoader(task.validation, batch_size=config.eval_batch_size)
     optimizer = make_optimizer(config, model.parameters(), run.lr, run.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * len(train_loader))
@@ -181,11 +196,24 @@ def fit(build_model: Builder, task: Task, config: TrainConfig, run: Run, device:
         _synchronize(device)
         seconds = time.perf_counter() - start
         validation = evaluate(model, validation_loader, device)
-        epochs.append({"epoch": epoch, "train_loss": train_loss, "validation_loss": validation["loss"],
-                       "validation_accuracy": validation["accuracy"], "time_s": seconds})
+        epochs.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "validation_loss": validation["loss"],
+                "validation_accuracy": validation["accuracy"],
+                "time_s": seconds,
+            }
+        )
         if progress is not None:
-            progress.set_postfix(variant=run.variant.label, seed=run.seed, lr=run.lr, epoch=epoch,
-                                 train_loss=f"{train_loss:.3f}", val_acc=f"{validation['accuracy']:.4f}")
+            progress.set_postfix(
+                variant=run.variant.label,
+                seed=run.seed,
+                lr=run.lr,
+                epoch=epoch,
+                train_loss=f"{train_loss:.3f}",
+                val_acc=f"{validation['accuracy']:.4f}",
+            )
         if config.patience is None:
             continue
         if best_epoch == 0 or score(validation, task.kind) > score(_validation(epochs[best_epoch - 1]), task.kind):
@@ -196,11 +224,19 @@ def fit(build_model: Builder, task: Task, config: TrainConfig, run: Run, device:
         model.load_state_dict(best_state)
     kept = best_epoch or len(epochs)
     record = {
-        "variant": run.variant.label, "kind": run.variant.kind, "expansion": run.variant.expansion,
-        "init": run.variant.init, "width": run.width, "seed": run.seed, "lr": run.lr,
-        "weight_decay": run.weight_decay, "epochs": epochs, "kept_epoch": kept,
+        "variant": run.variant.label,
+        "kind": run.variant.kind,
+        "expansion": run.variant.expansion,
+        "init": run.variant.init,
+        "width": run.width,
+        "seed": run.seed,
+        "lr": run.lr,
+        "weight_decay": run.weight_decay,
+        "epochs": epochs,
+        "kept_epoch": kept,
         **{f"validation_{key}": value for key, value in _validation(epochs[kept - 1]).items()},
-        "copy_spread_initial": initial_spread, "copy_spread": copy_spread(model),
+        "copy_spread_initial": initial_spread,
+        "copy_spread": copy_spread(model),
         "train_parameters": sum(p.numel() for p in model.parameters()),
         # The fastest epoch: other load on the machine only ever adds time, and the first epoch's warm-up too.
         "epoch_time_s": min(epoch["time_s"] for epoch in epochs),
@@ -213,8 +249,9 @@ def _validation(epoch: dict) -> dict:
     return {"loss": epoch["validation_loss"], "accuracy": epoch["validation_accuracy"]}
 
 
-def test(model: nn.Module, build_model: Builder, task: Task, config: TrainConfig, record: dict,
-         device: torch.device) -> dict:
+def test(
+    model: nn.Module, build_model: Builder, task: Task, config: TrainConfig, record: dict, device: torch.device
+) -> dict:
     """The record of a trained run completed with its one evaluation on the test data: the test metrics, and the
     deployed model's check, parameter count and inference time. The deployed model is the run's model collapsed
     to its mean kernels and loaded into a freshly built dense model of the run's width."""
@@ -224,12 +261,15 @@ def test(model: nn.Module, build_model: Builder, task: Task, config: TrainConfig
     check = compare_deployed(model, deployed, test_loader, device)
     return {
         **record,
-        "test_loss": check["mk_eval"]["loss"], "test_accuracy": check["mk_eval"]["accuracy"],
-        "deployed_test_loss": check["deployed"]["loss"], "deployed_test_accuracy": check["deployed"]["accuracy"],
+        "test_loss": check["mk_eval"]["loss"],
+        "test_accuracy": check["mk_eval"]["accuracy"],
+        "deployed_test_loss": check["deployed"]["loss"],
+        "deployed_test_accuracy": check["deployed"]["accuracy"],
         "deployed_max_output_difference": check["max_output_difference"],
         "deployed_matches": check["deployed"]["accuracy"] == check["mk_eval"]["accuracy"],
         "deployed_parameters": sum(p.numel() for p in deployed.parameters()),
         # Timed on the validation data, so that the test data is read once.
         "deployed_inference_time_s": inference_time(
-            deployed, DataLoader(task.validation, batch_size=config.eval_batch_size), device),
+            deployed, DataLoader(task.validation, batch_size=config.eval_batch_size), device
+        ),
     }

@@ -32,15 +32,26 @@ class SmallCNN(nn.Module):
     """Three 3x3 convolutions (two followed by 2x2 max pooling) and a two-layer classifier head, for small images
     such as 8x8 digits."""
 
-    def __init__(self, input_shape: tuple[int, int, int], num_classes: int,
-                 channels: tuple[int, int, int] = (32, 64, 64), hidden: int = 128) -> None:
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        channels: tuple[int, int, int] = (32, 64, 64),
+        hidden: int = 128,
+    ) -> None:
         super().__init__()
         in_channels, height, width = input_shape
         first, second, third = channels
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, first, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(first, second, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(second, third, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+            nn.Conv2d(in_channels, first, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(first, second, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(second, third, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         flat = third * (height // 4) * (width // 4)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
@@ -120,8 +131,9 @@ LM_WIDTH, LM_HEADS = 48, 4
 
 
 def _transformer(task: Task, width: float = 1.0) -> nn.Module:
-    return CharTransformer(task.num_classes, context=task.input_shape[0], width=_scaled(LM_WIDTH, width, LM_HEADS),
-                           heads=LM_HEADS)
+    return CharTransformer(
+        task.num_classes, context=task.input_shape[0], width=_scaled(LM_WIDTH, width, LM_HEADS), heads=LM_HEADS
+    )
 
 
 # A builder takes the task and a multiplier of the hidden widths (1: the dense model) and returns a dense model.
@@ -129,7 +141,10 @@ Builder = Callable[[Task, float], nn.Module]
 
 # The task kind each model fits, and its builder.
 MODELS: dict[str, tuple[str, Builder]] = {
-    "mlp": (CLASSIFICATION, _mlp), "cnn": (CLASSIFICATION, _cnn), "transformer": (LANGUAGE_MODEL, _transformer)}
+    "mlp": (CLASSIFICATION, _mlp),
+    "cnn": (CLASSIFICATION, _cnn),
+    "transformer": (LANGUAGE_MODEL, _transformer),
+}
 
 
 def model_builder(name: str, task: Task) -> Builder:

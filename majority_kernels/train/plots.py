@@ -43,20 +43,36 @@ def plot_metric_vs_expansion(report: dict, folder: Path) -> Path:
     mean, std = dense[key] * scale, dense[f"{key}_std"] * scale
     axes.axhspan(mean - std, mean + std, color="0.88", label="dense ± std")
     axes.axhline(mean, color="black", linewidth=1.2, label="dense")
-    wide = sorted((row["expansion"], row[key] * scale, row[f"{key}_std"] * scale)
-                  for row in rows if row["kind"] == WIDE)
+    wide = sorted(
+        (row["expansion"], row[key] * scale, row[f"{key}_std"] * scale) for row in rows if row["kind"] == WIDE
+    )
     if wide:
         expansions, means, stds = zip(*wide)
-        axes.errorbar([1, *(e * WIDE_OFFSET for e in expansions)], [mean, *means], yerr=[0, *stds], fmt="s--",
-                      color=WIDE_COLOR, capsize=4,
-                      label="wide dense (≈ e × parameters)")
+        axes.errorbar(
+            [1, *(e * WIDE_OFFSET for e in expansions)],
+            [mean, *means],
+            yerr=[0, *stds],
+            fmt="s--",
+            color=WIDE_COLOR,
+            capsize=4,
+            label="wide dense (≈ e × parameters)",
+        )
     for init, style in INIT_STYLES.items():
-        points = sorted((row["expansion"], row[key] * scale, row[f"{key}_std"] * scale)
-                        for row in rows if row["kind"] == MK and row["init"] == init)
+        points = sorted(
+            (row["expansion"], row[key] * scale, row[f"{key}_std"] * scale)
+            for row in rows
+            if row["kind"] == MK and row["init"] == init
+        )
         if points:
             expansions, means, stds = zip(*points)
-            axes.errorbar([e * INIT_OFFSETS[init] for e in expansions], means, yerr=stds, fmt="o" + style,
-                          capsize=4, label=f"MK, init={init} (dense size deployed)")
+            axes.errorbar(
+                [e * INIT_OFFSETS[init] for e in expansions],
+                means,
+                yerr=stds,
+                fmt="o" + style,
+                capsize=4,
+                label=f"MK, init={init} (dense size deployed)",
+            )
     expansions = sorted({1, *(row["expansion"] for row in rows[1:])})
     axes.set_xscale("log", base=2)
     axes.set_xticks(expansions, [str(e) for e in expansions])
@@ -73,8 +89,10 @@ def _epoch_means(runs: list[dict], key: str) -> list[float]:
     """The per-epoch mean over the runs (seeds) of one variant that trained that long (early stopping ends runs
     at different epochs)."""
     longest = max(len(run["epochs"]) for run in runs)
-    return [statistics.fmean(run["epochs"][epoch][key] for run in runs if len(run["epochs"]) > epoch)
-            for epoch in range(longest)]
+    return [
+        statistics.fmean(run["epochs"][epoch][key] for run in runs if len(run["epochs"]) > epoch)
+        for epoch in range(longest)
+    ]
 
 
 def _style(row: dict, expansions: list[int]) -> dict:
@@ -89,8 +107,10 @@ def _style(row: dict, expansions: list[int]) -> dict:
 def plot_curves(report: dict, folder: Path) -> Path:
     """Training loss, validation loss and (classification) validation accuracy per epoch, mean over seeds."""
     language_model = report["meta"]["task_kind"] == LANGUAGE_MODEL
-    panels = [("train_loss", "training loss (mean over the epoch's batches)", 1.0),
-              ("validation_loss", "validation loss" + (" (nats/char)" if language_model else ""), 1.0)]
+    panels = [
+        ("train_loss", "training loss (mean over the epoch's batches)", 1.0),
+        ("validation_loss", "validation loss" + (" (nats/char)" if language_model else ""), 1.0),
+    ]
     if not language_model:
         panels.append(("validation_accuracy", "validation accuracy %", 100.0))
     figure, axes_list = _figure(columns=len(panels))
@@ -111,9 +131,11 @@ def plot_curves(report: dict, folder: Path) -> Path:
         final = [row["validation_accuracy"] * 100 for row in report["summary"]]
         axes_list[2].set_ylim(max(0.0, min(final) - 6), min(100.0, max(final) + 2))
     axes_list[0].legend(fontsize="small")
-    figure.suptitle(f"{report['meta']['name']}: {report['meta']['task']}, mean over "
-                    f"{report['summary'][0]['seeds']} seeds (validation split; the test data is evaluated once, "
-                    f"at the end)")
+    figure.suptitle(
+        f"{report['meta']['name']}: {report['meta']['task']}, mean over "
+        f"{report['summary'][0]['seeds']} seeds (validation split; the test data is evaluated once, "
+        f"at the end)"
+    )
     path = folder / "curves.png"
     figure.savefig(path, dpi=110)
     return path

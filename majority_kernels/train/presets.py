@@ -43,9 +43,11 @@ def describe(settings: dict) -> str:
         regime.append(f"{settings['train_samples']} training samples")
     if settings["patience"]:
         regime.append(f"early stopping (patience {settings['patience']})")
-    return (f"{settings['model']} on {settings['dataset']}{''.join(f', {item}' for item in regime)}: dense vs MK "
-            f"(e in {{{expansions}}}, init {' and '.join(settings['inits'])}){wide}, {settings['optimizer']}, "
-            f"{settings['seeds']} seeds, {settings['epochs']} epochs")
+    return (
+        f"{settings['model']} on {settings['dataset']}{''.join(f', {item}' for item in regime)}: dense vs MK "
+        f"(e in {{{expansions}}}, init {' and '.join(settings['inits'])}){wide}, {settings['optimizer']}, "
+        f"{settings['seeds']} seeds, {settings['epochs']} epochs"
+    )
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,11 @@ class TrainConfig:
 
     def variants(self) -> list[Variant]:
         """Dense first, then the MK variants, then the wide references, each in order of expansion."""
-        return ([Variant()] + [Variant(MK, e, init) for e in self.expansions for init in self.inits]
-                + [Variant(WIDE, e) for e in self.expansions if self.wide])
+        return (
+            [Variant()]
+            + [Variant(MK, e, init) for e in self.expansions for init in self.inits]
+            + [Variant(WIDE, e) for e in self.expansions if self.wide]
+        )
 
     def grid(self) -> list[tuple[float, float]]:
         """Every (learning rate, weight decay) pair a variant chooses from."""
@@ -102,28 +107,57 @@ INITS = ("replicate", "independent")
 
 _ADAMW_LRS = (1e-3, 3e-3, 1e-2)
 _SGD_LRS = (0.01, 0.03, 0.1, 0.3, 1.0)  # MK's copies each get a share of the gradient: it may need more
-_DIGITS = dict(dataset="digits", batch_size=64, inits=(LIBRARY_DEFAULT_INIT,), seeds=5, lrs=_ADAMW_LRS,
-               gpu={"seeds": 10})
+_DIGITS = dict(
+    dataset="digits", batch_size=64, inits=(LIBRARY_DEFAULT_INIT,), seeds=5, lrs=_ADAMW_LRS, gpu={"seeds": 10}
+)
 
 PRESETS: dict[str, TrainConfig] = {
     "default": TrainConfig(name="default", model="mlp", expansions=(4,), epochs=20, **_DIGITS),
     "mlp": TrainConfig(name="mlp", model="mlp", expansions=(2, 4, 8), epochs=30, **_DIGITS),
     "cnn": TrainConfig(name="cnn", model="cnn", expansions=(4,), epochs=20, **{**_DIGITS, "lrs": (3e-4, 1e-3, 3e-3)}),
-    "few-samples": TrainConfig(name="few-samples", model="mlp", expansions=(2, 4, 8), epochs=60, train_samples=225,
-                               **_DIGITS),
+    "few-samples": TrainConfig(
+        name="few-samples", model="mlp", expansions=(2, 4, 8), epochs=60, train_samples=225, **_DIGITS
+    ),
     # With label noise, small learning rates win (the large ones fit the wrong labels).
-    "label-noise": TrainConfig(name="label-noise", model="mlp", expansions=(4,), epochs=40, label_noise=0.2,
-                               **{**_DIGITS, "lrs": (3e-5, 1e-4, 3e-4, 1e-3)}),
+    "label-noise": TrainConfig(
+        name="label-noise",
+        model="mlp",
+        expansions=(4,),
+        epochs=40,
+        label_noise=0.2,
+        **{**_DIGITS, "lrs": (3e-5, 1e-4, 3e-4, 1e-3)},
+    ),
     "long": TrainConfig(name="long", model="mlp", expansions=(4,), epochs=200, train_samples=450, **_DIGITS),
-    "sgd": TrainConfig(name="sgd", model="mlp", expansions=(4,), epochs=30, optimizer="sgd",
-                       **{**_DIGITS, "lrs": _SGD_LRS}),
-    "breast-cancer": TrainConfig(name="breast-cancer", dataset="breast-cancer", model="mlp", expansions=(4,),
-                                 epochs=40, batch_size=32, inits=(LIBRARY_DEFAULT_INIT,), seeds=5, lrs=_ADAMW_LRS,
-                                 gpu={"seeds": 10}),
+    "sgd": TrainConfig(
+        name="sgd", model="mlp", expansions=(4,), epochs=30, optimizer="sgd", **{**_DIGITS, "lrs": _SGD_LRS}
+    ),
+    "breast-cancer": TrainConfig(
+        name="breast-cancer",
+        dataset="breast-cancer",
+        model="mlp",
+        expansions=(4,),
+        epochs=40,
+        batch_size=32,
+        inits=(LIBRARY_DEFAULT_INIT,),
+        seeds=5,
+        lrs=_ADAMW_LRS,
+        gpu={"seeds": 10},
+    ),
     # A quarter of a megabyte of text would take too long on a CPU: its first 600 windows of 128 characters train
     # (a fifth of them validate), until the validation loss stops improving; a GPU takes all of it.
-    "lm": TrainConfig(name="lm", dataset="python-docs", model="transformer", expansions=(4,),
-                      inits=(LIBRARY_DEFAULT_INIT,), seeds=5, epochs=40, batch_size=32, lrs=(3e-3, 1e-2, 3e-2),
-                      patience=3, train_samples=600, test_samples=300,
-                      gpu={"seeds": 10, "train_samples": None, "test_samples": None}),
+    "lm": TrainConfig(
+        name="lm",
+        dataset="python-docs",
+        model="transformer",
+        expansions=(4,),
+        inits=(LIBRARY_DEFAULT_INIT,),
+        seeds=5,
+        epochs=40,
+        batch_size=32,
+        lrs=(3e-3, 1e-2, 3e-2),
+        patience=3,
+        train_samples=600,
+        test_samples=300,
+        gpu={"seeds": 10, "train_samples": None, "test_samples": None},
+    ),
 }

@@ -31,8 +31,9 @@ def default_output(config: TrainConfig, device: torch.device) -> Path:
 
 def run_info(config: TrainConfig, task: Task, device: torch.device, backend: str, wall_time_s: float) -> dict:
     """What ran, where, with which versions and settings."""
-    settings = {key: str(value) if isinstance(value, Path) else value
-                for key, value in dataclasses.asdict(config).items()}
+    settings = {
+        key: str(value) if isinstance(value, Path) else value for key, value in dataclasses.asdict(config).items()
+    }
     return {
         "name": config.name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -69,6 +70,7 @@ def headline(kind: str) -> tuple[str, float]:
 def _t_quantile(count: int) -> float:
     """The two-sided 95% quantile of Student's t with count - 1 degrees of freedom."""
     from scipy.stats import t  # scipy comes with scikit-learn (the train extra)
+
     return float(t.ppf(0.975, count - 1))
 
 
@@ -92,7 +94,7 @@ def share_interval(mk_gains: list[float], wide_gains: list[float]) -> dict:
     mk_var, wide_var = statistics.variance(mk_gains), statistics.variance(wide_gains)
     covariance = sum((x - mk_mean) * (y - wide_mean) for x, y in zip(mk_gains, wide_gains)) / (count - 1)
     # (mk - θ wide)^2 <= t^2 var(mk - θ wide) / n, a quadratic a θ^2 - 2 b θ + c <= 0 in θ.
-    a, b, c = wide_mean ** 2 - t2 * wide_var, mk_mean * wide_mean - t2 * covariance, mk_mean ** 2 - t2 * mk_var
+    a, b, c = wide_mean**2 - t2 * wide_var, mk_mean * wide_mean - t2 * covariance, mk_mean**2 - t2 * mk_var
     if a <= 0 or wide_mean <= 0:
         return {"share": share, "low": None, "high": None, "defined": False}
     root = math.sqrt(max(b * b - a * c, 0.0))
@@ -108,8 +110,11 @@ def gain_rows(by_variant: dict[str, dict[int, dict]], key: str, sign: float) -> 
     """For every MK variant with a wide reference of its expansion: MK's and the wide model's gain over dense on
     the metric `key` (times sign: positive is better), paired by seed, and the share of the wide gain that MK
     recovers."""
-    wide = {runs[0]["expansion"]: label for label, runs in
-            ((label, list(seeds.values())) for label, seeds in by_variant.items()) if runs[0]["kind"] == WIDE}
+    wide = {
+        runs[0]["expansion"]: label
+        for label, runs in ((label, list(seeds.values())) for label, seeds in by_variant.items())
+        if runs[0]["kind"] == WIDE
+    }
     rows = []
     for label, seeds in by_variant.items():
         first = next(iter(seeds.values()))
@@ -117,9 +122,18 @@ def gain_rows(by_variant: dict[str, dict[int, dict]], key: str, sign: float) -> 
             continue
         mk_gains = _gains(by_variant, label, key, sign)
         wide_gains = _gains(by_variant, wide[first["expansion"]], key, sign)
-        rows.append({"variant": label, "wide": wide[first["expansion"]], "expansion": first["expansion"],
-                     "metric": key, "seeds": len(mk_gains), "mk_gain": mean_interval(mk_gains),
-                     "wide_gain": mean_interval(wide_gains), **share_interval(mk_gains, wide_gains)})
+        rows.append(
+            {
+                "variant": label,
+                "wide": wide[first["expansion"]],
+                "expansion": first["expansion"],
+                "metric": key,
+                "seeds": len(mk_gains),
+                "mk_gain": mean_interval(mk_gains),
+                "wide_gain": mean_interval(wide_gains),
+                **share_interval(mk_gains, wide_gains),
+            }
+        )
     return rows
 
 
@@ -133,22 +147,34 @@ def summarise(runs: list[dict], tuning: list[dict], info: dict) -> dict:
     for run in runs:
         by_variant.setdefault(run["variant"], {})[run["seed"]] = run
     dense = by_variant["dense"]
-    dense_means = {key: statistics.fmean(run[key] for run in dense.values())
-                   for key in ("epoch_time_s", "train_time_s", "deployed_inference_time_s")}
+    dense_means = {
+        key: statistics.fmean(run[key] for run in dense.values())
+        for key in ("epoch_time_s", "train_time_s", "deployed_inference_time_s")
+    }
     rows = []
     for label, seeds in by_variant.items():
         group = list(seeds.values())
         first = group[0]
-        row = {"variant": label, "kind": first["kind"], "expansion": first["expansion"], "init": first["init"],
-               "width": first["width"], "seeds": len(group), "lr": first["lr"], "weight_decay": first["weight_decay"]}
+        row = {
+            "variant": label,
+            "kind": first["kind"],
+            "expansion": first["expansion"],
+            "init": first["init"],
+            "width": first["width"],
+            "seeds": len(group),
+            "lr": first["lr"],
+            "weight_decay": first["weight_decay"],
+        }
         for key in ("test_accuracy", "test_loss", "validation_accuracy", "validation_loss"):
             row[key], row[f"{key}_std"] = _mean_std([run[key] for run in group])
         for key in ("test_accuracy", "test_loss"):
             row[f"{key}_delta"], row[f"{key}_delta_std"] = _mean_std(
-                [run[key] - dense[run["seed"]][key] for run in group])
+                [run[key] - dense[run["seed"]][key] for run in group]
+            )
         if info["task_kind"] == LANGUAGE_MODEL:
             row["test_perplexity"], row["test_perplexity_std"] = _mean_std(
-                [math.exp(run["test_loss"]) for run in group])
+                [math.exp(run["test_loss"]) for run in group]
+            )
         if first["kind"] == MK:
             row["copy_spread_initial"] = statistics.fmean(run["copy_spread_initial"] for run in group)
             row["copy_spread"] = statistics.fmean(run["copy_spread"] for run in group)
@@ -163,8 +189,14 @@ def summarise(runs: list[dict], tuning: list[dict], info: dict) -> dict:
         rows.append(row)
     # A classifier's test loss too: it moves where the accuracy of a few hundred test items cannot.
     loss_gain = gain_rows(by_variant, "test_loss", -1.0) if info["task_kind"] != LANGUAGE_MODEL else []
-    return {"meta": info, "summary": rows, "gain": gain_rows(by_variant, *headline(info["task_kind"])),
-            "gain_test_loss": loss_gain, "tuning": tuning, "runs": runs}
+    return {
+        "meta": info,
+        "summary": rows,
+        "gain": gain_rows(by_variant, *headline(info["task_kind"])),
+        "gain_test_loss": loss_gain,
+        "tuning": tuning,
+        "runs": runs,
+    }
 
 
 Column = tuple[str, Callable[[dict], str]]
@@ -193,13 +225,17 @@ def _hyperparameters(row: dict) -> str:
 COMMON_COLUMNS: list[Column] = [
     ("lr / wd (chosen)", _hyperparameters),
     ("kept epoch", lambda row: f"{row['kept_epoch']:.1f}"),
-    ("copy spread start → end", lambda row: "–" if row["kind"] != MK
-     else f"{row['copy_spread_initial']:.3f} → {row['copy_spread']:.3f}"),
+    (
+        "copy spread start → end",
+        lambda row: "–" if row["kind"] != MK else f"{row['copy_spread_initial']:.3f} → {row['copy_spread']:.3f}",
+    ),
     ("s / epoch (× dense)", lambda row: f"{row['epoch_time_s']:.3f} ({row['epoch_time_ratio']:.2f})"),
     ("train s (× dense)", lambda row: f"{row['train_time_s']:.1f} ({row['train_time_ratio']:.2f})"),
     ("params train → deployed", lambda row: f"{row['train_parameters']:,} → {row['deployed_parameters']:,}"),
-    ("inference ms (× dense)",
-     lambda row: f"{row['deployed_inference_time_s'] * 1e3:.2f} ({row['deployed_inference_time_ratio']:.2f})"),
+    (
+        "inference ms (× dense)",
+        lambda row: f"{row['deployed_inference_time_s'] * 1e3:.2f} ({row['deployed_inference_time_ratio']:.2f})",
+    ),
     ("deployed = MK eval", _check),
 ]
 
@@ -246,8 +282,10 @@ above 1 means MK may gain as much as the wide model; one reaching below 0, that 
 def _interval(values: dict, scale: float, digits: int) -> str:
     if values["low"] is None:
         return f"{values['mean'] * scale:+.{digits}f}"
-    return (f"{values['mean'] * scale:+.{digits}f} [{values['low'] * scale:+.{digits}f}, "
-            f"{values['high'] * scale:+.{digits}f}]")
+    return (
+        f"{values['mean'] * scale:+.{digits}f} [{values['low'] * scale:+.{digits}f}, "
+        f"{values['high'] * scale:+.{digits}f}]"
+    )
 
 
 def _share(row: dict) -> str:
@@ -263,12 +301,16 @@ METRIC_NAMES = {"test_accuracy": ("test accuracy (pp)", 100.0, 2), "test_loss": 
 def gain_table(report: dict) -> str:
     """The share of the wide model's gain that MK recovers, as a Markdown table: on the headline metric, and for a
     classifier on its test loss too."""
-    lines = ["| metric | MK variant | reference | MK gain | wide gain | share of the wide gain |",
-             "|---|---|---|---:|---:|---:|"]
+    lines = [
+        "| metric | MK variant | reference | MK gain | wide gain | share of the wide gain |",
+        "|---|---|---|---:|---:|---:|",
+    ]
     for row in report["gain"] + report.get("gain_test_loss", []):
         name, scale, digits = METRIC_NAMES[row["metric"]]
-        lines.append(f"| {name} | {row['variant']} | {row['wide']} | {_interval(row['mk_gain'], scale, digits)} | "
-                     f"{_interval(row['wide_gain'], scale, digits)} | {_share(row)} |")
+        lines.append(
+            f"| {name} | {row['variant']} | {row['wide']} | {_interval(row['mk_gain'], scale, digits)} | "
+            f"{_interval(row['wide_gain'], scale, digits)} | {_share(row)} |"
+        )
     return "\n".join(lines)
 
 
@@ -277,16 +319,20 @@ def tuning_table(report: dict) -> str:
     language_model = report["meta"]["task_kind"] == LANGUAGE_MODEL
     points = list(dict.fromkeys((entry["lr"], entry["weight_decay"]) for entry in report["tuning"]))
     header = "validation loss" if language_model else "validation accuracy %"
-    lines = [f"| {header} | " + " | ".join(f"lr {lr:g}, wd {wd:g}" for lr, wd in points) + " |",
-             "|---|" + "---:|" * len(points)]
+    lines = [
+        f"| {header} | " + " | ".join(f"lr {lr:g}, wd {wd:g}" for lr, wd in points) + " |",
+        "|---|" + "---:|" * len(points),
+    ]
     by_variant: dict[str, dict] = {}
     for entry in report["tuning"]:
         value = -entry["validation_score"][0] if language_model else entry["validation_score"][0] * 100
         text = "diverged" if math.isinf(value) else f"{value:.4f}" if language_model else f"{value:.2f}"
         by_variant.setdefault(entry["variant"], {})[(entry["lr"], entry["weight_decay"])] = (
-            f"**{text}**" if entry["chosen"] else text)
-    lines += [f"| {label} | " + " | ".join(cells[point] for point in points) + " |"
-              for label, cells in by_variant.items()]
+            f"**{text}**" if entry["chosen"] else text
+        )
+    lines += [
+        f"| {label} | " + " | ".join(cells[point] for point in points) + " |" for label, cells in by_variant.items()
+    ]
     return "\n".join(lines)
 
 
@@ -294,21 +340,27 @@ def summary_table(report: dict) -> str:
     """The summary as a Markdown table (also what the terminal shows)."""
     language_model = report["meta"]["task_kind"] == LANGUAGE_MODEL
     columns = LANGUAGE_MODEL_COLUMNS if language_model else CLASSIFICATION_COLUMNS
-    lines = ["| " + " | ".join(header for header, _ in columns) + " |",
-             "|---|" + "---:|" * (len(columns) - 1)]
+    lines = ["| " + " | ".join(header for header, _ in columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
     lines += ["| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in report["summary"]]
     return "\n".join(lines)
 
 
 def _recipe(config: dict) -> str:
     optimizer = "SGD, momentum 0.9" if config["optimizer"] == "sgd" else "AdamW"
-    stopping = ("the last epoch's weights" if config["patience"] is None else
-                f"early stopping on the validation score (patience {config['patience']}), the best epoch's weights")
-    grid = (f"learning rate from {{{', '.join(f'{lr:g}' for lr in config['lrs'])}}}, weight decay from "
-            f"{{{', '.join(f'{wd:g}' for wd in config['weight_decays'])}}}")
-    return (f"{optimizer}, batch {config['batch_size']}, up to {config['epochs']} epochs with a cosine decay to 0, "
-            f"{stopping}; {grid}, picked per variant on {config['tune_seeds']} seed(s); final runs on seeds "
-            f"0..{config['seeds'] - 1}")
+    stopping = (
+        "the last epoch's weights"
+        if config["patience"] is None
+        else f"early stopping on the validation score (patience {config['patience']}), the best epoch's weights"
+    )
+    grid = (
+        f"learning rate from {{{', '.join(f'{lr:g}' for lr in config['lrs'])}}}, weight decay from "
+        f"{{{', '.join(f'{wd:g}' for wd in config['weight_decays'])}}}"
+    )
+    return (
+        f"{optimizer}, batch {config['batch_size']}, up to {config['epochs']} epochs with a cosine decay to 0, "
+        f"{stopping}; {grid}, picked per variant on {config['tune_seeds']} seed(s); final runs on seeds "
+        f"0..{config['seeds'] - 1}"
+    )
 
 
 def to_markdown(report: dict, plots: list[Path] = ()) -> str:
@@ -316,8 +368,10 @@ def to_markdown(report: dict, plots: list[Path] = ()) -> str:
     config = meta["config"]
     wide = [row for row in report["summary"] if row["kind"] == WIDE]
     lines = [
-        f"# majority-kernels train: {meta['name']}", "",
-        describe(config), "",
+        f"# majority-kernels train: {meta['name']}",
+        "",
+        describe(config),
+        "",
         f"- task: {meta['task_description']}; used: {meta['train_samples']} train / {meta['validation_samples']} "
         f"validation / {meta['test_samples']} test items",
         f"- model: {config['model']}; wide references: the hidden widths × "
@@ -326,13 +380,20 @@ def to_markdown(report: dict, plots: list[Path] = ()) -> str:
         f"- device: {meta['device']} ({meta['device_name']}, torch threads: {meta['torch_threads']}), backend "
         f"{meta['backend']}, torch {meta['torch']}, Python {meta['python']}, majority-kernels "
         f"{meta['majority_kernels']}",
-        f"- wall time: {meta['wall_time_s']:.0f} s (hyperparameter search included), {meta['date']}", "",
-        summary_table(report), "",
-        NOTES, "",
-        "## Share of the wide model's gain that MK recovers", "",
-        gain_table(report) if report["gain"] else "No wide reference in this run.", "",
-        GAIN_NOTES, "",
-        "## Hyperparameter search", "",
+        f"- wall time: {meta['wall_time_s']:.0f} s (hyperparameter search included), {meta['date']}",
+        "",
+        summary_table(report),
+        "",
+        NOTES,
+        "",
+        "## Share of the wide model's gain that MK recovers",
+        "",
+        gain_table(report) if report["gain"] else "No wide reference in this run.",
+        "",
+        GAIN_NOTES,
+        "",
+        "## Hyperparameter search",
+        "",
         tuning_table(report),
     ]
     lines += [line for path in plots for line in ("", f"![{path.stem}]({path.name})")]
