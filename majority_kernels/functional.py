@@ -11,7 +11,7 @@ whatever the expansion.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -138,86 +138,51 @@ def majority_linear(
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def _majority_conv(
-    dims: int,
-    input: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    stride: IntOrTuple,
-    padding: Union[IntOrTuple, str],
-    dilation: IntOrTuple,
-    groups: int,
-    seed: Seed,
-    offset: int,
-) -> Tensor:
-    spatial = ", ".join(f"k{d}" for d in range(dims))
-    weight = check.check_expanded_weight(
-        weight, dims + 2, f"[expansion, out_channels, in_channels / groups, {spatial}]"
+def _conv_function(dims: int, kernel: str) -> Callable[..., Tensor]:
+    """majority_conv{dims}d, with F.conv{dims}d's arguments: one definition for the three."""
+
+    def majority_conv(
+        input: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor] = None,
+        stride: IntOrTuple = 1,
+        padding: Union[IntOrTuple, str] = 0,
+        dilation: IntOrTuple = 1,
+        groups: int = 1,
+        *,
+        seed: Seed,
+        offset: int = 0,
+    ) -> Tensor:
+        weight = check.check_expanded_weight(
+            weight, dims + 2, f"[expansion, out_channels, in_channels / groups, {kernel}]"
+        )
+        bias = check.check_bias(bias, weight.shape[1])
+        check.check_floating(input, "input")
+        if input.dim() not in (dims + 1, dims + 2):
+            raise ValueError(
+                f"conv{dims}d input must be {dims + 2}-D (batched) or {dims + 1}-D (unbatched), got shape "
+                f"{tuple(input.shape)}"
+            )
+        channels = input.shape[-dims - 1]
+        if channels != weight.shape[2] * groups:
+            raise ValueError(
+                f"input has {channels} channels but weight expects in_channels / groups * groups = "
+                f"{weight.shape[2]} * {groups}; input shape {tuple(input.shape)}, weight shape "
+                f"{tuple(weight.shape)}"
+            )
+        mixed = _mixed_weight(input, weight, bias, seed, offset)
+        return _CONV[dims](input, mixed, bias, stride, padding, dilation, groups)
+
+    majority_conv.__name__ = majority_conv.__qualname__ = f"majority_conv{dims}d"
+    majority_conv.__doc__ = (
+        f"F.conv{dims}d with the mixed kernel of weight [expansion, out_channels, in_channels / groups, {kernel}]."
     )
-    bias = check.check_bias(bias, weight.shape[1])
-    check.check_floating(input, "input")
-    if input.dim() not in (dims + 1, dims + 2):
-        raise ValueError(
-            f"conv{dims}d input must be {dims + 2}-D (batched) or {dims + 1}-D (unbatched), got shape "
-            f"{tuple(input.shape)}"
-        )
-    channels = input.shape[-dims - 1]
-    if channels != weight.shape[2] * groups:
-        raise ValueError(
-            f"input has {channels} channels but weight expects in_channels / groups * groups = "
-            f"{weight.shape[2]} * {groups}; input shape {tuple(input.shape)}, weight shape "
-            f"{tuple(weight.shape)}"
-        )
-    mixed = _mixed_weight(input, weight, bias, seed, offset)
-    return _CONV[dims](input, mixed, bias, stride, padding, dilation, groups)
+    return majority_conv
 
 
-def majority_conv1d(
-    input: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor] = None,
-    stride: IntOrTuple = 1,
-    padding: Union[IntOrTuple, str] = 0,
-    dilation: IntOrTuple = 1,
-    groups: int = 1,
-    *,
-    seed: Seed,
-    offset: int = 0,
-) -> Tensor:
-    """F.conv1d with the mixed kernel of weight [expansion, out_channels, in_channels / groups, k]."""
-    return _majority_conv(1, input, weight, bias, stride, padding, dilation, groups, seed, offset)
-
-
-def majority_conv2d(
-    input: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor] = None,
-    stride: IntOrTuple = 1,
-    padding: Union[IntOrTuple, str] = 0,
-    dilation: IntOrTuple = 1,
-    groups: int = 1,
-    *,
-    seed: Seed,
-    offset: int = 0,
-) -> Tensor:
-    """F.conv2d with the mixed kernel of weight [expansion, out_channels, in_channels / groups, kh, kw]."""
-    return _majority_conv(2, input, weight, bias, stride, padding, dilation, groups, seed, offset)
-
-
-def majority_conv3d(
-    input: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor] = None,
-    stride: IntOrTuple = 1,
-    padding: Union[IntOrTuple, str] = 0,
-    dilation: IntOrTuple = 1,
-    groups: int = 1,
-    *,
-    seed: Seed,
-    offset: int = 0,
-) -> Tensor:
-    """F.conv3d with the mixed kernel of weight [expansion, out_channels, in_channels / groups, kd, kh, kw]."""
-    return _majority_conv(3, input, weight, bias, stride, padding, dilation, groups, seed, offset)
+majority_conv1d = _conv_function(1, "k")
+majority_conv2d = _conv_function(2, "kh, kw")
+majority_conv3d = _conv_function(3, "kd, kh, kw")
 
 
 def majority_embedding(

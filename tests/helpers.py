@@ -13,7 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import majority_kernels as mk
-from majority_kernels import backends
+from majority_kernels import backends, train
 
 # The backends that run on CPU tensors in this install; "reference" always, "cpu" when the extension is built.
 CPU_BACKENDS = mk.available_backends("cpu")
@@ -78,6 +78,24 @@ TOLERANCES = {
     torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
     torch.float16: dict(rtol=2e-3, atol=1e-3),
 }
+
+
+def own_task_config(**fields) -> train.TrainConfig:
+    """A TrainConfig for a task and model the test brings (train.custom_task, build_model): one seed, one epoch,
+    e = 2 replicate, batch 8, lr 1e-3, no progress bars; `fields` override any of them."""
+    defaults = dict(
+        name="own",
+        dataset="unused",
+        model="unused",
+        expansions=(2,),
+        inits=("replicate",),
+        seeds=1,
+        epochs=1,
+        batch_size=8,
+        lrs=(1e-3,),
+        progress=False,
+    )
+    return train.TrainConfig(**{**defaults, **fields})
 
 
 def sgd_losses(model: torch.nn.Module, x: torch.Tensor, steps: int) -> torch.Tensor:

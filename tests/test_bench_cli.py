@@ -129,16 +129,9 @@ def test_bfloat16_autocast(tmp_path):
     assert (
         main(
             [
-                "bench",
+                *"bench".split(),
                 *TINY,
-                "--expansion",
-                "2",
-                "--dtype",
-                "bf16",
-                "--no-compile",
-                "--only",
-                "linear",
-                "--output",
+                *"--expansion 2 --dtype bf16 --no-compile --only linear --output".split(),
                 str(tmp_path / "bf16"),
             ]
         )

@@ -40,6 +40,12 @@ CONV_IDS = [f"conv{c[0]}d-{i}" for i, c in enumerate(CONV_CASES)]
 # (input shape without in_features, in_features, out_features): odd sizes, 1, primes, unbatched, 3-D input
 LINEAR_CASES = [((3,), 5, 7), ((1,), 1, 1), ((2, 3), 13, 11), ((), 4, 3), ((17,), 2, 31)]
 
+# What an MK convolution copies from its dense counterpart and to_dense gives back.
+CONV_HYPERPARAMETERS = [
+    *"in_channels out_channels kernel_size stride padding dilation groups padding_mode".split(),
+    "_reversed_padding_repeated_twice",
+]
+
 
 def draw_seed_like_layer(device):
     """The layers' per-step seed draw: torch.randint(0, 2^63 - 1) from the device's torch generator."""
@@ -136,16 +142,7 @@ def test_conv_constructor_mirrors_dense(case, expansion):
     dims, cin, cout, k, kwargs, _ = case
     layer = MK_CONV[dims](cin, cout, k, **kwargs, expansion=expansion)
     dense = DENSE_CONV[dims](cin, cout, k, **kwargs)
-    for name in (
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride",
-        "padding",
-        "dilation",
-        "groups",
-        "padding_mode",
-    ):
+    for name in CONV_HYPERPARAMETERS:
         assert getattr(layer, name) == getattr(dense, name), name
     assert layer.expansion == expansion
     assert layer.weight.shape == (expansion, *dense.weight.shape)
@@ -546,17 +543,7 @@ def test_conv_to_dense(case, training, generator):
     dense = layer.to_dense()
     assert torch.equal(torch.get_rng_state(), state), "to_dense must not consume the global RNG"
     assert type(dense) is DENSE_CONV[dims] and dense.training == training
-    for name in (
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride",
-        "padding",
-        "dilation",
-        "groups",
-        "padding_mode",
-        "_reversed_padding_repeated_twice",
-    ):
+    for name in CONV_HYPERPARAMETERS:
         assert getattr(dense, name) == getattr(reference_dense, name), name
     torch.testing.assert_close(dense.weight.detach(), layer.weight.detach().mean(0), **EXACTISH)
     assert (dense.bias is None) == (layer.bias is None)

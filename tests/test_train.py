@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from helpers import own_task_config
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -15,19 +16,7 @@ from majority_kernels import train
 from majority_kernels.cli import main
 from majority_kernels.train import data
 
-TINY = [
-    "--epochs",
-    "1",
-    "--seeds",
-    "2",
-    "--train-samples",
-    "80",
-    "--test-samples",
-    "32",
-    "--no-progress",
-    "--lr",
-    "1e-3,1e-2",
-]
+TINY = [*("--epochs 1 --seeds 2 --train-samples 80 --test-samples 32 --no-progress --lr 1e-3,1e-2").split()]
 
 
 @pytest.fixture(scope="module")
@@ -183,15 +172,9 @@ def test_cnn_end_to_end(tmp_path, capsys):
     assert (
         main(
             [
-                "train",
-                "--preset",
-                "cnn",
-                "--expansion",
-                "2",
-                "--init",
-                "replicate,independent",
+                *"train --preset cnn --expansion 2 --init replicate,independent".split(),
                 *TINY,
-                "--output",
+                *"--output".split(),
                 str(output),
             ]
         )
@@ -226,29 +209,11 @@ def test_sgd_label_noise_and_early_stopping(tmp_path):
     assert (
         main(
             [
-                "train",
-                "--preset",
-                "label-noise",
-                "--optimizer",
-                "sgd",
-                "--patience",
-                "1",
-                "--epochs",
-                "4",
-                "--expansion",
-                "2",
-                "--no-wide",
-                "--seeds",
-                "1",
-                "--train-samples",
-                "100",
-                "--test-samples",
-                "20",
-                "--lr",
-                "0.05",
-                "--no-progress",
-                "--no-plots",
-                "--output",
+                *(
+                    "train --preset label-noise --optimizer sgd --patience 1 --epochs 4 --expansion 2 "
+                    "--no-wide --seeds 1 --train-samples 100 --test-samples 20 --lr 0.05 "
+                    "--no-progress --no-plots --output"
+                ).split(),
                 str(output),
             ]
         )
@@ -270,28 +235,11 @@ def test_language_model_end_to_end(tmp_path, capsys):
     assert (
         main(
             [
-                "train",
-                "--preset",
-                "lm",
-                "--expansion",
-                "2",
-                "--init",
-                "replicate",
-                "--epochs",
-                "1",
-                "--seeds",
-                "1",
-                "--train-samples",
-                "5",
-                "--test-samples",
-                "2",
-                "--batch-size",
-                "2",
-                "--lr",
-                "1e-3",
-                "--no-progress",
-                "--no-plots",
-                "--output",
+                *(
+                    "train --preset lm --expansion 2 --init replicate --epochs 1 --seeds 1 "
+                    "--train-samples 5 --test-samples 2 --batch-size 2 --lr 1e-3 --no-progress "
+                    "--no-plots --output"
+                ).split(),
                 str(output),
             ]
         )
@@ -309,19 +257,7 @@ def test_python_api_with_own_data_and_model(tmp_path):
     inputs = torch.randn(48, 6, generator=generator)
     labels = (inputs[:, 0] > 0).long()
     task = train.custom_task(TensorDataset(inputs[:32], labels[:32]), TensorDataset(inputs[32:], labels[32:]), 2)
-    config = train.TrainConfig(
-        name="own",
-        dataset="unused",
-        model="unused",
-        expansions=(3,),
-        inits=("replicate",),
-        seeds=1,
-        epochs=2,
-        batch_size=8,
-        lrs=(1e-2,),
-        wide=False,
-        progress=False,
-    )
+    config = own_task_config(expansions=(3,), epochs=2, lrs=(1e-2,), wide=False)
     report = train.run(
         config, task=task, build_model=lambda task, width: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
     )

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import own_task_config
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -61,17 +62,7 @@ def test_a_task_keeps_its_own_validation_split():
     inputs, labels = torch.randn(30, 4), torch.arange(30) % 2
     own = TensorDataset(inputs[:6], labels[:6])
     task = train.custom_task(TensorDataset(inputs[6:], labels[6:]), own, 2, validation=own)
-    config = train.TrainConfig(
-        name="own",
-        dataset="unused",
-        model="mlp",
-        expansions=(2,),
-        inits=("replicate",),
-        seeds=1,
-        epochs=1,
-        batch_size=8,
-        lrs=(1e-3,),
-    )
+    config = own_task_config(model="mlp")
     assert experiment.prepare_task(config, task).validation is own
     assert len(experiment.prepare_task(config, train.custom_task(task.train, own, 2)).validation) == 4
 
@@ -141,21 +132,8 @@ def test_each_variant_picks_its_hyperparameters_and_reads_test_once_per_final_ru
     labels = (inputs[:, 0] > 0).long()
     test_data = CountingDataset(TensorDataset(inputs[40:], labels[40:]))
     task = train.custom_task(TensorDataset(inputs[:40], labels[:40]), test_data, 2)
-    config = train.TrainConfig(
-        name="own",
-        dataset="unused",
-        model="unused",
-        expansions=(2,),
-        inits=("replicate",),
-        seeds=3,
-        epochs=2,
-        batch_size=8,
-        lrs=(1e-3, 1e-1),
-        weight_decays=(0.0, 0.1),
-        tune_seeds=2,
-        patience=1,
-        progress=False,
-        plots=False,
+    config = own_task_config(
+        seeds=3, epochs=2, lrs=(1e-3, 1e-1), weight_decays=(0.0, 0.1), tune_seeds=2, patience=1, plots=False
     )
     result = train.run(
         config,

@@ -14,6 +14,5 @@ import triton
 # Whether the kernels are defined for Triton's CPU interpreter (TRITON_INTERPRET=1 when this was imported): they
 # then run on CPU tensors, with a single small tile configuration and tl.dot on float32 tiles. Older Triton (3.0, for
 # one) has no `knobs` and reads the environment variable itself, as done here.
-INTERPRETING = (
-    bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs") else os.environ.get("TRITON_INTERPRET", "0") == "1"
-)
+INTERPRETING = (bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs")
+                else os.environ.get("TRITON_INTERPRET", "0") == "1")

@@ -25,11 +25,8 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 # but for 128 x 64 x 32 (up to ~60 bytes at e = 4, ~160 at e = 8), where linear.py's 4-warp tiles would spill
 # hundreds. _fitting keeps, per tile, the most stages that fit in shared memory. Provisional set, to tune with the
 # GPU benchmark.
-_GPU = [
-    (rows, p, q, 8, 8, stages)
-    for rows, p, q in ((64, 64, 32), (64, 128, 16), (128, 64, 16), (128, 64, 32))
-    for stages in (3, 1)
-]
+_GPU = [(rows, p, q, 8, 8, stages) for rows, p, q in ((64, 64, 32), (64, 128, 16), (128, 64, 16), (128, 64, 32))
+        for stages in (3, 1)]
 _INTERPRETER = (16, 32, 32, 2, 4, 1)
 
 
@@ -38,45 +35,16 @@ def _fitting(configs_: list, named_args: dict, **kwargs) -> list:
     return deepest_fitting(configs_, kwargs["EXPANSION"], named_args["weight_ptr"], named_args["x_ptr"])
 
 
-@triton.autotune(
-    configs=configs(("BLOCK_M", "BLOCK_P", "BLOCK_Q", "GROUP_M"), _GPU, _INTERPRETER),
-    key=["M_BUCKET", "C_in", "C_out", "KH", "KW", "EXPANSION"],
-    prune_configs_by={"early_config_prune": _fitting},
-)
+@triton.autotune(configs=configs(("BLOCK_M", "BLOCK_P", "BLOCK_Q", "GROUP_M"), _GPU, _INTERPRETER),
+                 key=["M_BUCKET", "C_in", "C_out", "KH", "KW", "EXPANSION"],
+                 prune_configs_by={"early_config_prune": _fitting})
 @triton.jit(do_not_specialize=["offset"])
-def mixed_conv2d_kernel(
-    x_ptr,
-    weight_ptr,
-    bias_ptr,
-    out_ptr,
-    seed_ptr,
-    offset,
-    C_in,
-    H,
-    W,
-    C_out,
-    H_out,
-    W_out,
-    stride_h,
-    stride_w,
-    pad_h,
-    pad_w,
-    dilation_h,
-    dilation_w,
-    M,
-    M_BUCKET,
-    KH: tl.constexpr,
-    KW: tl.constexpr,
-    EXPANSION: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    MATH64: tl.constexpr,
-    UPCAST_16BIT: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    GROUP_M: tl.constexpr,
-):
+def mixed_conv2d_kernel(x_ptr, weight_ptr, bias_ptr, out_ptr, seed_ptr, offset, C_in, H, W, C_out, H_out, W_out,
+                        stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, M, M_BUCKET,
+                        KH: tl.constexpr, KW: tl.constexpr, EXPANSION: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        MATH64: tl.constexpr, UPCAST_16BIT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
+                        GROUP_M: tl.constexpr):
     q_total = C_in * KH * KW
     tile_m, tile_p = grouped_tile(tl.program_id(0), M, C_out, BLOCK_M, BLOCK_P, GROUP_M)
     rows = tile_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -103,9 +71,8 @@ def mixed_conv2d_kernel(
         ih = top[:, None] + down[None, :]
         iw = left[:, None] + right[None, :]
         # One unsigned comparison per bound pair: negative coordinates wrap to large values.
-        inside = (ih.to(tl.uint32, bitcast=True) < tl.cast(H, tl.uint32)) & (
-            iw.to(tl.uint32, bitcast=True) < tl.cast(W, tl.uint32)
-        )
+        inside = ((ih.to(tl.uint32, bitcast=True) < tl.cast(H, tl.uint32))
+                  & (iw.to(tl.uint32, bitcast=True) < tl.cast(W, tl.uint32)))
         a_mask = row_in[:, None] & reduction_in[None, :] & inside
         column_start = (reduction // (KH * KW)).to(tl.int64) * H * W + down.to(tl.int64) * W + right
         a = tl.load(x_ptr + row_start[:, None] + column_start[None, :], mask=a_mask, other=0.0)
@@ -128,39 +95,33 @@ def pair(value, name: str, minimum: int) -> tuple[int, int]:
     return values
 
 
-def _check(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], seed: torch.Tensor, groups: int
-) -> None:
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], seed: torch.Tensor,
+           groups: int) -> None:
     if x.dim() != 4:
-        raise ValueError(f"x must be a 4-D NCHW tensor [batch, in_channels, height, width], got shape {tuple(x.shape)}")
+        raise ValueError(f"x must be a 4-D NCHW tensor [batch, in_channels, height, width], got shape "
+                         f"{tuple(x.shape)}")
     if weight.dim() != 5:
-        raise ValueError(
-            f"weight must be 5-D [expansion, out_channels, in_channels, kh, kw], got shape {tuple(weight.shape)}"
-        )
+        raise ValueError(f"weight must be 5-D [expansion, out_channels, in_channels, kh, kw], got shape "
+                         f"{tuple(weight.shape)}")
     if groups != 1:
         raise ValueError(f"the fused convolution supports groups = 1 only, got groups = {groups}")
     if weight.shape[0] < 1 or weight.shape[3] < 1 or weight.shape[4] < 1:
         raise ValueError(f"weight's expansion and kernel dimensions must be >= 1, got shape {tuple(weight.shape)}")
     if x.shape[1] != weight.shape[2]:
-        raise ValueError(
-            f"x has {x.shape[1]} channels but weight [expansion, out_channels, in_channels, kh, kw] "
-            f"expects {weight.shape[2]} (groups = 1 only); x {tuple(x.shape)}, weight "
-            f"{tuple(weight.shape)}"
-        )
+        raise ValueError(f"x has {x.shape[1]} channels but weight [expansion, out_channels, in_channels, kh, kw] "
+                         f"expects {weight.shape[2]} (groups = 1 only); x {tuple(x.shape)}, weight "
+                         f"{tuple(weight.shape)}")
     for name, tensor in (("x", x), ("weight", weight), ("bias", bias)):
         if tensor is not None and tensor.dtype not in DTYPES:
             raise TypeError(f"{name} must be float32, bfloat16, float16 or float64, got {tensor.dtype}")
         if tensor is not None and tensor.device != weight.device:
             raise ValueError(f"{name} must be on weight's device {weight.device}, got {tensor.device}")
     if bias is not None and (bias.dtype != x.dtype or tuple(bias.shape) != (weight.shape[1],)):
-        raise ValueError(
-            f"bias must be a ({weight.shape[1]},) tensor of x's dtype {x.dtype}, got {tuple(bias.shape)} {bias.dtype}"
-        )
+        raise ValueError(f"bias must be a ({weight.shape[1]},) tensor of x's dtype {x.dtype}, got "
+                         f"{tuple(bias.shape)} {bias.dtype}")
     if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != weight.device:
-        raise ValueError(
-            f"seed must be a one-element int64 tensor on {weight.device}, got {seed.dtype} "
-            f"{tuple(seed.shape)} on {seed.device}"
-        )
+        raise ValueError(f"seed must be a one-element int64 tensor on {weight.device}, got {seed.dtype} "
+                         f"{tuple(seed.shape)} on {seed.device}")
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -168,17 +129,9 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def mixed_conv2d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    seed: torch.Tensor,
-    offset: int,
-    stride: Sequence[int] = (1, 1),
-    padding: Sequence[int] = (0, 0),
-    dilation: Sequence[int] = (1, 1),
-    groups: int = 1,
-) -> torch.Tensor:
+def mixed_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], seed: torch.Tensor,
+                 offset: int, stride: Sequence[int] = (1, 1), padding: Sequence[int] = (0, 0),
+                 dilation: Sequence[int] = (1, 1), groups: int = 1) -> torch.Tensor:
     """F.conv2d(x, W_eff, bias, stride, padding, dilation) for x [B, C_in, H, W] and the copies weight
     [e, C_out, C_in, KH, KW], W_eff mixed inside the GEMM (P of (seed, offset), docs/design.md section 4) and rounded
     to x's dtype; the output [B, C_out, H_out, W_out] in x's dtype. Inputs that are not contiguous are copied."""
@@ -191,10 +144,8 @@ def mixed_conv2d(
     h_out = output_size(height, kh, stride_h, pad_h, dilation_h)
     w_out = output_size(width, kw, stride_w, pad_w, dilation_w)
     if h_out < 1 or w_out < 1:
-        raise ValueError(
-            f"the (padded) input {height + 2 * pad_h}x{width + 2 * pad_w} is smaller than the "
-            f"(dilated) kernel {dilation_h * (kh - 1) + 1}x{dilation_w * (kw - 1) + 1}"
-        )
+        raise ValueError(f"the (padded) input {height + 2 * pad_h}x{width + 2 * pad_w} is smaller than the "
+                         f"(dilated) kernel {dilation_h * (kh - 1) + 1}x{dilation_w * (kw - 1) + 1}")
     out = x.new_empty((batch, c_out, h_out, w_out))
     m = batch * h_out * w_out
     if m == 0 or c_out == 0:
@@ -204,32 +155,9 @@ def mixed_conv2d(
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(c_out, meta["BLOCK_P"]),)
 
-    mixed_conv2d_kernel[grid](
-        x,
-        weight,
-        bias.contiguous() if bias is not None else out,
-        out,
-        seed,
-        offset,
-        c_in,
-        height,
-        width,
-        c_out,
-        h_out,
-        w_out,
-        stride_h,
-        stride_w,
-        pad_h,
-        pad_w,
-        dilation_h,
-        dilation_w,
-        m,
-        size_bucket(m),
-        KH=kh,
-        KW=kw,
-        EXPANSION=expansion,
-        HAS_BIAS=bias is not None,
-        MATH64=torch.float64 in (x.dtype, weight.dtype),
-        **dot_options(x.dtype),
-    )
+    mixed_conv2d_kernel[grid](x, weight, bias.contiguous() if bias is not None else out, out, seed, offset, c_in,
+                              height, width, c_out, h_out, w_out, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                              dilation_w, m, size_bucket(m), KH=kh, KW=kw, EXPANSION=expansion,
+                              HAS_BIAS=bias is not None,
+                              MATH64=torch.float64 in (x.dtype, weight.dtype), **dot_options(x.dtype))
     return out

@@ -32,57 +32,24 @@ def _lookup_tile(indices_ptr, lookups, rows, dim, BLOCK_LOOKUPS: tl.constexpr, B
 
 
 @triton.jit(do_not_specialize=["offset"])
-def gather_kernel(
-    weight_ptr,
-    indices_ptr,
-    out_ptr,
-    seed_ptr,
-    offset,
-    lookups,
-    rows,
-    dim,
-    EXPANSION: tl.constexpr,
-    MATH64: tl.constexpr,
-    BLOCK_LOOKUPS: tl.constexpr,
-    BLOCK_COLUMNS: tl.constexpr,
-):
-    index, position, in_tile, in_table = _lookup_tile(indices_ptr, lookups, rows, dim, BLOCK_LOOKUPS, BLOCK_COLUMNS)
-    mixed = mix(
-        weight_ptr, tl.cast(rows, tl.int64) * dim, index, in_table, tl.load(seed_ptr), offset, index, EXPANSION, MATH64
-    )
+def gather_kernel(weight_ptr, indices_ptr, out_ptr, seed_ptr, offset, lookups, rows, dim,
+                  EXPANSION: tl.constexpr, MATH64: tl.constexpr, BLOCK_LOOKUPS: tl.constexpr,
+                  BLOCK_COLUMNS: tl.constexpr):
+    index, position, in_tile, in_table = _lookup_tile(indices_ptr, lookups, rows, dim, BLOCK_LOOKUPS,
+                                                      BLOCK_COLUMNS)
+    mixed = mix(weight_ptr, tl.cast(rows, tl.int64) * dim, index, in_table, tl.load(seed_ptr), offset, index,
+                EXPANSION, MATH64)
     tl.store(out_ptr + position, cast_to(mixed, out_ptr.dtype.element_ty), mask=in_tile)  # 0 outside the table
 
 
 @triton.jit(do_not_specialize=["offset"])
-def scatter_add_kernel(
-    grad_ptr,
-    indices_ptr,
-    out_ptr,
-    seed_ptr,
-    offset,
-    lookups,
-    rows,
-    dim,
-    EXPANSION: tl.constexpr,
-    MATH64: tl.constexpr,
-    BLOCK_LOOKUPS: tl.constexpr,
-    BLOCK_COLUMNS: tl.constexpr,
-):
+def scatter_add_kernel(grad_ptr, indices_ptr, out_ptr, seed_ptr, offset, lookups, rows, dim,
+                       EXPANSION: tl.constexpr, MATH64: tl.constexpr, BLOCK_LOOKUPS: tl.constexpr,
+                       BLOCK_COLUMNS: tl.constexpr):
     index, position, _, in_table = _lookup_tile(indices_ptr, lookups, rows, dim, BLOCK_LOOKUPS, BLOCK_COLUMNS)
     grad = tl.load(grad_ptr + position, mask=in_table, other=0.0)
-    spread(
-        out_ptr,
-        tl.cast(rows, tl.int64) * dim,
-        index,
-        in_table,
-        grad,
-        tl.load(seed_ptr),
-        offset,
-        index,
-        EXPANSION,
-        MATH64,
-        ATOMIC_ADD,
-    )
+    spread(out_ptr, tl.cast(rows, tl.int64) * dim, index, in_table, grad, tl.load(seed_ptr), offset, index,
+           EXPANSION, MATH64, ATOMIC_ADD)
 
 
 def _grid_and_blocks(lookups: int, dim: int) -> tuple[tuple[int, int], dict]:
@@ -92,47 +59,24 @@ def _grid_and_blocks(lookups: int, dim: int) -> tuple[tuple[int, int], dict]:
     return grid, {"BLOCK_LOOKUPS": block_lookups, "BLOCK_COLUMNS": columns, "num_warps": NUM_WARPS}
 
 
-def gather(weight: torch.Tensor, indices: torch.Tensor, seed: torch.Tensor, offset: int, out: torch.Tensor) -> None:
-    """out[t] = sum_k P_k * weight[k, indices[t]] for a contiguous table [e, rows, dim], flat indices [T] and
-    out [T, dim]."""
-    expansion, rows, dim = weight.shape
+def _launch(kernel, source: torch.Tensor, indices: torch.Tensor, seed: torch.Tensor, offset: int, out: torch.Tensor,
+            table_shape: torch.Size, math64: bool) -> None:
+    """One program per block of lookups and of columns; nothing to do without lookups or columns."""
+    expansion, rows, dim = table_shape
     lookups = indices.numel()
     if lookups == 0 or dim == 0:
         return
     grid, blocks = _grid_and_blocks(lookups, dim)
-    gather_kernel[grid](
-        weight,
-        indices,
-        out,
-        seed,
-        offset,
-        lookups,
-        rows,
-        dim,
-        EXPANSION=expansion,
-        MATH64=torch.float64 in (weight.dtype, out.dtype),
-        **blocks,
-    )
+    kernel[grid](source, indices, out, seed, offset, lookups, rows, dim, EXPANSION=expansion, MATH64=math64, **blocks)
+
+
+def gather(weight: torch.Tensor, indices: torch.Tensor, seed: torch.Tensor, offset: int, out: torch.Tensor) -> None:
+    """out[t] = sum_k P_k * weight[k, indices[t]] for a contiguous table [e, rows, dim], flat indices [T] and
+    out [T, dim]."""
+    _launch(gather_kernel, weight, indices, seed, offset, out, weight.shape, torch.float64 in (weight.dtype, out.dtype))
 
 
 def scatter_add(grad: torch.Tensor, indices: torch.Tensor, seed: torch.Tensor, offset: int, out: torch.Tensor) -> None:
     """out[k, indices[t]] += P_k * grad[t] (atomically) for contiguous grad [T, dim], flat indices [T] and a
     float32 / float64 out [e, rows, dim]."""
-    expansion, rows, dim = out.shape
-    lookups = indices.numel()
-    if lookups == 0 or dim == 0:
-        return
-    grid, blocks = _grid_and_blocks(lookups, dim)
-    scatter_add_kernel[grid](
-        grad,
-        indices,
-        out,
-        seed,
-        offset,
-        lookups,
-        rows,
-        dim,
-        EXPANSION=expansion,
-        MATH64=out.dtype == torch.float64,
-        **blocks,
-    )
+    _launch(scatter_add_kernel, grad, indices, seed, offset, out, out.shape, out.dtype == torch.float64)

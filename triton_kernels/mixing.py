@@ -48,12 +48,8 @@ def group_uniforms(seed, offset, index, group, EXPANSION: tl.constexpr):
     high = (counter >> 32).to(tl.uint32)
     zero = low * 0
     w0, w1, w2, w3 = tl.philox(seed, low, high, zero, zero, n_rounds=PHILOX_ROUNDS)
-    return (
-        tl.uint_to_uniform_float(w0),
-        tl.uint_to_uniform_float(w1),
-        tl.uint_to_uniform_float(w2),
-        tl.uint_to_uniform_float(w3),
-    )
+    return (tl.uint_to_uniform_float(w0), tl.uint_to_uniform_float(w1), tl.uint_to_uniform_float(w2),
+            tl.uint_to_uniform_float(w3))
 
 
 @triton.jit
@@ -193,7 +189,8 @@ def _ranks(seed, offset, index, group_j, EXPANSION: tl.constexpr):
 
 
 @triton.jit
-def mix(weight_ptr, copy_stride, offsets, mask, seed, offset, index, EXPANSION: tl.constexpr, MATH64: tl.constexpr):
+def mix(weight_ptr, copy_stride, offsets, mask, seed, offset, index, EXPANSION: tl.constexpr,
+        MATH64: tl.constexpr):
     """sum_k P_k * weight_ptr[k * copy_stride + offsets] (masked loads), P_k at the flat indices `index`; in
     float32 (float64 if MATH64). offsets and index have the same shape; copy_stride is an int64 scalar."""
     M: tl.constexpr = EXPANSION - 1
@@ -215,9 +212,8 @@ def mix(weight_ptr, copy_stride, offsets, mask, seed, offset, index, EXPANSION: 
             for a in tl.static_range(4):
                 real = group_j * 4 + a < M
                 uj = _pick(a, uj0, uj1, uj2, uj3)
-                w = tl.load(
-                    weight_ptr + _pick(a, r0, r1, r2, r3) * copy_stride + offsets, mask=mask & real, other=0.0
-                ).to(MATH_DTYPE)
+                w = tl.load(weight_ptr + _pick(a, r0, r1, r2, r3) * copy_stride + offsets, mask=mask & real,
+                            other=0.0).to(MATH_DTYPE)
                 acc += tl.where(real, (_math(uj, MATH64) - _math(_pick(a, b0, b1, b2, b3), MATH64)) * w, 0.0)
                 largest = tl.where(real & (uj > largest), uj, largest)
         last = tl.load(weight_ptr + M * copy_stride + offsets, mask=mask, other=0.0).to(MATH_DTYPE)
@@ -258,19 +254,8 @@ def _put(ptr, value, mask, MODE: tl.constexpr):
 
 
 @triton.jit
-def spread(
-    out_ptr,
-    copy_stride,
-    offsets,
-    mask,
-    value,
-    seed,
-    offset,
-    index,
-    EXPANSION: tl.constexpr,
-    MATH64: tl.constexpr,
-    MODE: tl.constexpr,
-):
+def spread(out_ptr, copy_stride, offsets, mask, value, seed, offset, index, EXPANSION: tl.constexpr,
+           MATH64: tl.constexpr, MODE: tl.constexpr):
     """out_ptr[k * copy_stride + offsets] (=, += or atomic +=, per MODE) P_k * value for every copy k, P_k at the
     flat indices `index` (offsets, mask, value and index of one shape)."""
     M: tl.constexpr = EXPANSION - 1
@@ -281,12 +266,8 @@ def spread(
     elif EXPANSION <= MAX_FIXED_EXPANSION:
         v0, v1, v2, v3, v4, v5, v6, v7 = _sorted_uniforms(seed, offset, index, M)
         for k in tl.static_range(EXPANSION):
-            _put(
-                out_ptr + k * copy_stride + offsets,
-                _fixed_gap(k, M, v0, v1, v2, v3, v4, v5, v6, v7, MATH64) * value,
-                mask,
-                MODE,
-            )
+            _put(out_ptr + k * copy_stride + offsets, _fixed_gap(k, M, v0, v1, v2, v3, v4, v5, v6, v7, MATH64) * value,
+                 mask, MODE)
     else:
         COUNTERS: tl.constexpr = (EXPANSION + 2) // 4
         largest = tl.zeros(index.shape, tl.float32)

@@ -22,10 +22,8 @@ def dot_supports(dtype: torch.dtype) -> bool:
 def check_dot_dtype(dtype: torch.dtype) -> None:
     """Raises a ValueError for operands the installed Triton's tl.dot cannot multiply."""
     if not dot_supports(dtype):
-        raise ValueError(
-            f"the fused GEMM kernels need tl.dot on float64 tiles, which Triton {triton.__version__} "
-            "lacks (Triton 3.5 and later have it); float64 layers take the combine and scatter paths"
-        )
+        raise ValueError(f"the fused GEMM kernels need tl.dot on float64 tiles, which Triton {triton.__version__} "
+                         "lacks (Triton 3.5 and later have it); float64 layers take the combine and scatter paths")
 
 
 @triton.jit
@@ -60,10 +58,8 @@ def configs(names: Sequence[str], gpu: Sequence[tuple], interpreter: tuple) -> l
     """Autotuning configurations: (*block sizes, GROUP, num_warps, num_stages) per entry; a single small one under
     the interpreter, where tuning would need a GPU to time on."""
     entries = [interpreter] if INTERPRETING else gpu
-    return [
-        triton.Config(dict(zip(names, entry[: len(names)])), num_warps=entry[-2], num_stages=entry[-1])
-        for entry in entries
-    ]
+    return [triton.Config(dict(zip(names, entry[:len(names)])), num_warps=entry[-2], num_stages=entry[-1])
+            for entry in entries]
 
 
 def size_bucket(size: int) -> int:
@@ -81,11 +77,8 @@ def shared_bytes(config: triton.Config, expansion: int, weight_bytes: int, input
     Triton 3.0 pipelines less and uses less. tests/test_triton.py checks the limiting case against a build."""
     kw = config.kwargs
     tile = kw["BLOCK_Q"] * kw["BLOCK_P"]
-    return (
-        (config.num_stages - 1) * expansion * tile * weight_bytes
-        + config.num_stages * kw["BLOCK_M"] * kw["BLOCK_Q"] * input_bytes
-        + tile * input_bytes
-    )
+    return ((config.num_stages - 1) * expansion * tile * weight_bytes
+            + config.num_stages * kw["BLOCK_M"] * kw["BLOCK_Q"] * input_bytes + tile * input_bytes)
 
 
 @functools.cache
@@ -112,6 +105,5 @@ def deepest_within(configs_: list, expansion: int, weight_bytes: int, input_byte
 def deepest_fitting(configs_: list, expansion: int, weight: torch.Tensor, a: torch.Tensor) -> list:
     """deepest_within the shared memory of weight's device, for a GEMM that mixes the `expansion` copies `weight`
     as it loads them against the operand `a`."""
-    return deepest_within(
-        configs_, expansion, weight.element_size(), a.element_size(), shared_memory_limit(weight.device)
-    )
+    return deepest_within(configs_, expansion, weight.element_size(), a.element_size(),
+                          shared_memory_limit(weight.device))
