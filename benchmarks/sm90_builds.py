@@ -52,64 +52,43 @@ def build(kernel, signature: dict, constants: dict, num_warps: int = 4, num_stag
     )
 
 
-def linear_signature(act: str, weight: str) -> dict:
+def _signature(pointers: dict[str, str], ints: str) -> dict:
+    """A kernel's argument types: its data pointers, the seed pointer and the 64-bit offset, then its 32-bit ints."""
+    return {**pointers, "seed_ptr": "*i64", "offset": "i64", **dict.fromkeys(ints.split(), "i32")}
+
+
+def _constants(math64: bool, precision: str, tile: dict, expansion: int, **own) -> dict:
+    """The constexprs of every fused GEMM (no 16-bit upcast), the kernel's own, then the tile."""
     return {
-        "a_ptr": f"*{act}",
-        "weight_ptr": f"*{weight}",
-        "bias_ptr": f"*{act}",
-        "c_ptr": f"*{act}",
-        "seed_ptr": "*i64",
-        "offset": "i64",
-        **dict.fromkeys(
-            [
-                "M",
-                "P",
-                "Q",
-                "stride_am",
-                "stride_aq",
-                "stride_cm",
-                "stride_cp",
-                "stride_wq",
-                "stride_wp",
-                "copy_stride",
-                "M_BUCKET",
-            ],
-            "i32",
-        ),
+        "EXPANSION": expansion,
+        "MATH64": math64,
+        "UPCAST_16BIT": False,
+        "INPUT_PRECISION": precision,
+        **own,
+        **tile,
     }
+
+
+def linear_signature(act: str, weight: str) -> dict:
+    return _signature(
+        {"a_ptr": f"*{act}", "weight_ptr": f"*{weight}", "bias_ptr": f"*{act}", "c_ptr": f"*{act}"},
+        "M P Q stride_am stride_aq stride_cm stride_cp stride_wq stride_wp copy_stride M_BUCKET",
+    )
 
 
 def linear_constants(math64: bool, precision: str, tile: dict, expansion: int = 4) -> dict:
-    return {
-        "EXPANSION": expansion,
-        "HAS_BIAS": True,
-        "MATH64": math64,
-        "UPCAST_16BIT": False,
-        "INPUT_PRECISION": precision,
-        **tile,
-    }
+    return _constants(math64, precision, tile, expansion, HAS_BIAS=True)
 
 
 def weight_grad_signature(act: str, weight: str) -> dict:
-    return {
-        "grad_ptr": f"*{act}",
-        "x_ptr": f"*{act}",
-        "out_ptr": f"*{weight}",
-        "seed_ptr": "*i64",
-        "offset": "i64",
-        **dict.fromkeys(["M", "N", "K", "stride_gm", "stride_gn", "stride_xm", "stride_xk", "M_BUCKET"], "i32"),
-    }
+    return _signature(
+        {"grad_ptr": f"*{act}", "x_ptr": f"*{act}", "out_ptr": f"*{weight}"},
+        "M N K stride_gm stride_gn stride_xm stride_xk M_BUCKET",
+    )
 
 
 def weight_grad_constants(math64: bool, precision: str, tile: dict, expansion: int = 4) -> dict:
-    return {
-        "EXPANSION": expansion,
-        "MATH64": math64,
-        "MODE": 0,
-        "UPCAST_16BIT": False,
-        "INPUT_PRECISION": precision,
-        **tile,
-    }
+    return _constants(math64, precision, tile, expansion, MODE=0)
 
 
 def sm90_ptxas() -> str:
@@ -138,46 +117,14 @@ def ptxas_report(ptx: str) -> tuple:
 
 
 def conv_signature(act: str, weight: str) -> dict:
-    return {
-        "x_ptr": f"*{act}",
-        "weight_ptr": f"*{weight}",
-        "bias_ptr": f"*{act}",
-        "out_ptr": f"*{act}",
-        "seed_ptr": "*i64",
-        "offset": "i64",
-        **dict.fromkeys(
-            [
-                "C_in",
-                "H",
-                "W",
-                "C_out",
-                "H_out",
-                "W_out",
-                "stride_h",
-                "stride_w",
-                "pad_h",
-                "pad_w",
-                "dilation_h",
-                "dilation_w",
-                "M",
-                "M_BUCKET",
-            ],
-            "i32",
-        ),
-    }
+    return _signature(
+        {"x_ptr": f"*{act}", "weight_ptr": f"*{weight}", "bias_ptr": f"*{act}", "out_ptr": f"*{act}"},
+        "C_in H W C_out H_out W_out stride_h stride_w pad_h pad_w dilation_h dilation_w M M_BUCKET",
+    )
 
 
 def conv_constants(math64: bool, precision: str, tile: dict, expansion: int = 4) -> dict:
-    return {
-        "KH": 3,
-        "KW": 3,
-        "EXPANSION": expansion,
-        "HAS_BIAS": True,
-        "MATH64": math64,
-        "UPCAST_16BIT": False,
-        "INPUT_PRECISION": precision,
-        **tile,
-    }
+    return _constants(math64, precision, tile, expansion, KH=3, KW=3, HAS_BIAS=True)
 
 
 # (name, autotuned kernel, signature, constants, whether the autotuner prunes it by tiling.shared_bytes).

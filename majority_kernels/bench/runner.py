@@ -115,20 +115,30 @@ class LayerCase:
         return counter.result(), peak.bytes
 
 
+def _timed(
+    steps: dict[str, Callable[[], object]],
+    config: BenchConfig,
+    advance: Callable[[], None],
+    reset: Callable[[], None] = lambda: None,
+) -> dict[str, list[float]]:
+    """The steps timed in interleaved rounds, with the configured warm-up and repeats."""
+    return time_interleaved(
+        steps, config.device, warmup=config.warmup, repeats=config.repeats, reset=reset, on_round=advance
+    )
+
+
+def _time_variants(case: LayerCase, config: BenchConfig, advance: Callable[[], None]) -> dict[str, list[float]]:
+    """Every variant's step of one case."""
+    return _timed({v.name: lambda v=v: case.step(v) for v in case.variants}, config, advance, case.reset)
+
+
 def layer_rows(
     section: str, shape: Shape, expansion: int, config: BenchConfig, bandwidth: float, advance: Callable[[], None]
 ) -> list[dict]:
     """Measure one layer case and return a row per variant."""
     case = LayerCase(shape, expansion, config)
     memory = {variant.name: case.memory(variant) for variant in case.variants}
-    samples = time_interleaved(
-        {v.name: lambda v=v, case=case: case.step(v) for v in case.variants},
-        config.device,
-        warmup=config.warmup,
-        repeats=config.repeats,
-        reset=case.reset,
-        on_round=advance,
-    )
+    samples = _time_variants(case, config, advance)
     medians = _medians(samples)
     baselines = _baselines({v.name: v.role for v in case.variants}, medians)
     floor_bytes = floor_extra_bytes(shape.weight_numel, expansion, config.dtype)
@@ -204,13 +214,7 @@ def _kernel_op_rows(
     with torch.no_grad():
         for step in steps:  # first calls untimed: compilation
             step.run()
-        samples = time_interleaved(
-            {step.name: step.run for step in steps},
-            config.device,
-            warmup=config.warmup,
-            repeats=config.repeats,
-            on_round=advance,
-        )
+        samples = _timed({step.name: step.run for step in steps}, config, advance)
     medians = _medians(samples)
     baselines = _baselines({step.name: step.role for step in steps}, medians)
     floor_s = floor_bytes / bandwidth
@@ -260,14 +264,7 @@ def crossover_rows(
     stops = {FUSED_FORWARD: None, FUSED_WGRAD: None}
     for m in config.crossover_ms:
         case = LayerCase(LinearShape(m, n, k), expansion, config, _sweep_variants)
-        samples = time_interleaved(
-            {v.name: lambda v=v, case=case: case.step(v) for v in case.variants},
-            config.device,
-            warmup=config.warmup,
-            repeats=config.repeats,
-            reset=case.reset,
-            on_round=advance,
-        )
+        samples = _time_variants(case, config, advance)
         medians = _medians(samples)
         for name, time in medians.items():
             rows.append(
@@ -315,13 +312,7 @@ def conv_fused_rows(shape: ConvShape, expansion: int, config: BenchConfig, advan
     with torch.no_grad(), config.autocast():
         for step in steps:  # first calls untimed: autotuning, cuDNN's algorithm search
             step.run()
-        samples = time_interleaved(
-            {step.name: step.run for step in steps},
-            config.device,
-            warmup=config.warmup,
-            repeats=config.repeats,
-            on_round=advance,
-        )
+        samples = _timed({step.name: step.run for step in steps}, config, advance)
     medians = _medians(samples)
     combine = min(medians[step.name] for step in steps if step.role == MK)
     return [
