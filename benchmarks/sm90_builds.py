@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from typing import Optional
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -207,7 +208,7 @@ def markdown(table: list, expansion: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(text: str, output: str | None) -> None:
+def write_report(text: str, output: Optional[str]) -> None:
     """The Markdown report into `output`, or onto standard output without one."""
     if output:
         with open(output, "w") as file:
