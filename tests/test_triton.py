@@ -229,8 +229,6 @@ def test_opcheck_every_op(generator):
         (OPS.scatter_add_.default, (_randn(3, 5, 7, generator=generator), grad.detach(), _seed(), 11)),
         (OPS.mixing_weights.default, (_seed(), 11, 3, 35)),
         (OPS.embedding_combine.default, (table, indices, _seed(), 11, None)),
-        (OPS.embedding_scatter.default, (_randn(2, 3, 5, generator=generator), indices, _seed(), 11, 2, 6,
-                                         torch.float32)),
         (OPS.embedding_scatter_add_.default, (_randn(2, 6, 5, generator=generator), _randn(2, 3, 5,
                                               generator=generator), indices, _seed(), 11)),
         (OPS.mixed_matmul.default, (x, weight.detach(), _randn(5, generator=generator), _seed(), 11, False)),
