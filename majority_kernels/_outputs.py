@@ -27,11 +27,6 @@ def embedding_combine(weight: Tensor, indices: Tensor, out_dtype: Optional[torch
     return weight.new_empty((*indices.shape, weight.shape[2]), dtype=out_dtype or weight.dtype)
 
 
-def embedding_table(grad: Tensor, expansion: int, rows: int, dtype: torch.dtype) -> Tensor:
-    """A table gradient [expansion, rows, dim] for grad [..., dim]."""
-    return grad.new_empty((expansion, rows, grad.shape[-1]), dtype=dtype)
-
-
 def linear(input: Tensor, weight: Tensor, transposed: bool = False) -> Tensor:
     """input [M, K] @ W_eff^T -> [M, N] for weight [e, N, K]; transposed, input [M, N] @ W_eff -> [M, K]; in the
     input's dtype."""

@@ -2,8 +2,9 @@
 extension, and each op's fake kernel and autograd formula.
 
 The C++ ops' schemas and device kernels live in C++ (csrc/ops.cpp, csrc/cpu, csrc/cuda); here they get what
-torch.compile and autograd need (combine's and scatter's formulas: majority_kernels._mixing_autograd), and each
-output is allocated as majority_kernels._outputs says. `draw_seed` is defined here, in Python, so that it exists
+torch.compile and autograd need (the formulas of combine, scatter and embedding_combine, and mixed_linear's weight
+gradient, are shared with the Triton ops: majority_kernels._mixing_autograd), and each output is allocated as
+majority_kernels._outputs says. `draw_seed` is defined here, in Python, so that it exists
 without the extension. Their typed, checked entry points are majority_kernels.functional's.
 """
 
@@ -17,8 +18,8 @@ import torch
 from torch import Tensor
 
 from . import _outputs as outputs
-from ._grad_accumulation import copies_gradient, remember_weight, remembered_weight
-from ._mixing_autograd import mixing_autograd
+from ._grad_accumulation import remember_weight, remembered_weight
+from ._mixing_autograd import embedding_autograd, linear_weight_grad, mixing_autograd
 from ._validation import SEED_LIMIT
 
 
@@ -75,31 +76,6 @@ def _register() -> None:
         torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=setup)
 
 
-class _EmbeddingScatter(torch.autograd.Function):
-    """The table gradient of embedding_combine: zeros with P_k * grad added to the looked-up rows in place
-    (embedding_scatter_add_ touches those rows only). A Function so that double backward is right: its adjoint
-    is embedding_combine again (the in-place op alone would leave the result untracked under create_graph)."""
-
-    @staticmethod
-    def forward(grad, indices, seed, offset, weight_shape, weight_dtype):
-        grad_weight = grad.new_zeros(weight_shape, dtype=weight_dtype)
-        torch.ops.majority_kernels.embedding_scatter_add_(grad_weight, grad, indices, seed, offset)
-        return grad_weight
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        grad, indices, seed, offset, _, _ = inputs
-        ctx.save_for_backward(indices, seed)
-        ctx.offset, ctx.grad_dtype = offset, grad.dtype
-
-    @staticmethod
-    def backward(ctx, grad_grad_weight):
-        indices, seed = ctx.saved_tensors
-        grad_grad = torch.ops.majority_kernels.embedding_combine(grad_grad_weight, indices, seed, ctx.offset,
-                                                                 ctx.grad_dtype)
-        return grad_grad, None, None, None, None, None
-
-
 def _register_embedding() -> None:
     ns = "majority_kernels"
 
@@ -111,23 +87,10 @@ def _register_embedding() -> None:
     def _embedding_scatter_add_fake(grad_weight, grad, indices, seed, offset):
         return None
 
-    def _embedding_combine_setup(ctx, inputs, output):
-        weight, indices, seed, offset, _ = inputs
-        ctx.save_for_backward(indices, seed)
-        remember_weight(ctx, weight)  # as in _combine_setup
-        ctx.offset, ctx.weight_shape, ctx.weight_dtype = offset, weight.shape, weight.dtype
-
-    def _embedding_combine_backward(ctx, grad):
-        # The indices get no gradient. Adding into an existing .grad touches the looked-up rows only.
-        indices, seed = ctx.saved_tensors
-        grad_weight = copies_gradient(
-            remembered_weight(ctx),
-            lambda target: torch.ops.majority_kernels.embedding_scatter_add_(target, grad, indices, seed, ctx.offset),
-            lambda: _EmbeddingScatter.apply(grad, indices, seed, ctx.offset, ctx.weight_shape, ctx.weight_dtype))
-        return grad_weight, None, None, None, None
-
-    torch.library.register_autograd(f"{ns}::embedding_combine", _embedding_combine_backward,
-                                    setup_context=_embedding_combine_setup)
+    # The C++ kernels scatter into a table of any dtype: the fresh gradient accumulates in the weight's own.
+    ops = torch.ops.majority_kernels
+    backward, setup = embedding_autograd(ops.embedding_combine, ops.embedding_scatter_add_)
+    torch.library.register_autograd(f"{ns}::embedding_combine", backward, setup_context=setup)
 
 
 def _register_mixed_linear() -> None:
@@ -156,12 +119,9 @@ def _register_mixed_linear() -> None:
             mixed = torch.ops.majority_kernels.combine(weight, seed, ctx.offset, input.dtype)
             grad_input = grad_output @ mixed
         if ctx.needs_input_grad[1]:
-            dense_grad = grad_output.t() @ input
-            grad_weight = copies_gradient(
-                remembered,
-                lambda target: torch.ops.majority_kernels.scatter_add_(target, dense_grad, seed, ctx.offset),
-                lambda: torch.ops.majority_kernels.scatter(dense_grad, seed, ctx.offset, ctx.expansion,
-                                                           ctx.weight_dtype))
+            ops = torch.ops.majority_kernels
+            grad_weight = linear_weight_grad(ops.scatter, ops.scatter_add_, remembered, grad_output, input, seed,
+                                             ctx.offset, ctx.expansion, ctx.weight_dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum(0).to(ctx.bias_dtype)
         return grad_input, grad_weight, grad_bias, None, None

@@ -117,8 +117,6 @@ def test_opcheck_every_op(generator):
         (OPS.scatter_add_.default, (device_randn(3, 5, 7, generator=generator), grad.detach(), device_seed(), 11)),
         (OPS.mixing_weights.default, (device_seed(), 11, 3, 35)),
         (OPS.embedding_combine.default, (table, indices, device_seed(), 11, None)),
-        (OPS.embedding_scatter.default, (device_randn(2, 3, 5, generator=generator), indices, device_seed(), 11, 2, 6,
-                                         torch.float32)),
         (OPS.embedding_scatter_add_.default, (device_randn(2, 6, 5, generator=generator), device_randn(2, 3, 5,
                                               generator=generator), indices, device_seed(), 11)),
         (OPS.mixed_matmul.default, (x, weight.detach(), device_randn(5, generator=generator), device_seed(), 11,

@@ -198,10 +198,10 @@ def _recording(launcher, name, launched):
 
 @needs_triton
 def test_triton_combine_and_scatter_launch_with_the_tables_block(measured, monkeypatch, generator):
-    from majority_kernels import triton_ops
+    from majority_kernels.triton_ops import mixing
 
     launched = []
-    for module, name in ((triton_ops.combine_kernels, "combine"), (triton_ops.scatter_kernels, "scatter")):
+    for module, name in ((mixing.combine_kernels, "combine"), (mixing.scatter_kernels, "scatter")):
         monkeypatch.setattr(module, name, _recording(getattr(module, name), name, launched))
     weight = torch.randn(3, 5, 37, generator=generator)  # several programs of the table's small blocks
     grad = torch.randn(5, 37, generator=generator)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import _validation as check
 from ..triton_kernels import conv as conv_kernels
-from ..triton_ops import custom_op
+from ..triton_ops._registry import custom_op
 
 IntOrPair = Union[int, Sequence[int]]
 
