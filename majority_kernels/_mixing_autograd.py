@@ -35,9 +35,11 @@ def mixing_autograd(combine: Callable, scatter: Callable, scatter_add_: Callable
 
     def combine_backward(ctx, grad):
         (seed,) = ctx.saved_tensors
-        grad_weight = copies_gradient(remembered_weight(ctx),
-                                      lambda target: scatter_add_(target, grad, seed, ctx.offset),
-                                      lambda: scatter(grad, seed, ctx.offset, ctx.expansion, ctx.weight_dtype))
+        grad_weight = copies_gradient(
+            remembered_weight(ctx),
+            lambda target: scatter_add_(target, grad, seed, ctx.offset),
+            lambda: scatter(grad, seed, ctx.offset, ctx.expansion, ctx.weight_dtype),
+        )
         return grad_weight, None, None, None
 
     def scatter_setup(ctx, inputs, output):
@@ -52,9 +54,13 @@ def mixing_autograd(combine: Callable, scatter: Callable, scatter_add_: Callable
     return (combine_backward, combine_setup), (scatter_backward, scatter_setup)
 
 
-def embedding_autograd(embedding_combine: Callable, embedding_scatter_add_: Callable, *,
-                       accumulator_dtype: Optional[Callable[[torch.dtype, torch.dtype], torch.dtype]] = None,
-                       in_place_dtypes: Optional[tuple[torch.dtype, ...]] = None) -> Formula:
+def embedding_autograd(
+    embedding_combine: Callable,
+    embedding_scatter_add_: Callable,
+    *,
+    accumulator_dtype: Optional[Callable[[torch.dtype, torch.dtype], torch.dtype]] = None,
+    in_place_dtypes: Optional[tuple[torch.dtype, ...]] = None,
+) -> Formula:
     """The formula of embedding_combine, for the backend whose ops are `embedding_combine(weight, indices, seed,
     offset, out_dtype)` and `embedding_scatter_add_(grad_weight, grad, indices, seed, offset)` (adds P_k * grad
     into the looked-up rows of a contiguous table, in place). A fresh table gradient is zeros in
@@ -82,8 +88,14 @@ def embedding_autograd(embedding_combine: Callable, embedding_scatter_add_: Call
         @staticmethod
         def backward(ctx, grad_table):
             indices, seed = ctx.saved_tensors
-            return (embedding_combine(grad_table, indices, seed, ctx.offset, ctx.grad_dtype),
-                    None, None, None, None, None)
+            return (
+                embedding_combine(grad_table, indices, seed, ctx.offset, ctx.grad_dtype),
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
 
     def setup(ctx, inputs, output):
         weight, indices, seed, offset, _ = inputs
@@ -94,19 +106,33 @@ def embedding_autograd(embedding_combine: Callable, embedding_scatter_add_: Call
     def backward(ctx, grad):
         indices, seed = ctx.saved_tensors
         grad_weight = copies_gradient(
-            remembered_weight(ctx), lambda target: embedding_scatter_add_(target, grad, indices, seed, ctx.offset),
+            remembered_weight(ctx),
+            lambda target: embedding_scatter_add_(target, grad, indices, seed, ctx.offset),
             lambda: EmbeddingScatter.apply(grad, indices, seed, ctx.offset, ctx.weight_shape, ctx.weight_dtype),
-            dtypes=in_place_dtypes)
+            dtypes=in_place_dtypes,
+        )
         return grad_weight, None, None, None, None
 
     return backward, setup
 
 
-def linear_weight_grad(scatter: Callable, scatter_add_: Callable, weight: Optional[Tensor], grad_out: Tensor,
-                       input: Tensor, seed: Tensor, offset: int, expansion: int, dtype: torch.dtype) -> Tensor:
+def linear_weight_grad(
+    scatter: Callable,
+    scatter_add_: Callable,
+    weight: Optional[Tensor],
+    grad_out: Tensor,
+    input: Tensor,
+    seed: Tensor,
+    offset: int,
+    expansion: int,
+    dtype: torch.dtype,
+) -> Tensor:
     """Every copy's gradient P_k * dW_eff of a mixed linear layer (grad_out [M, N], input [M, K]), by torch's GEMM
     dW_eff = grad_out^T @ input and the backend's scatter (ops as in mixing_autograd), in `dtype`; added into the
     .grad of `weight` (the remembered expanded weight, or None) in place when the backward accumulates."""
     dense_grad = grad_out.t() @ input
-    return copies_gradient(weight, lambda target: scatter_add_(target, dense_grad, seed, offset),
-                           lambda: scatter(dense_grad, seed, offset, expansion, dtype))
+    return copies_gradient(
+        weight,
+        lambda target: scatter_add_(target, dense_grad, seed, offset),
+        lambda: scatter(dense_grad, seed, offset, expansion, dtype),
+    )

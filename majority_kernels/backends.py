@@ -43,8 +43,9 @@ def _reference_scatter_add_(grad_weight: Tensor, grad: Tensor, seed: Tensor, off
     grad_weight.add_(reference.scatter(grad, seed, offset, grad_weight.shape[0], grad_weight.dtype))
 
 
-def _reference_embedding_combine(weight: Tensor, indices: Tensor, seed: Tensor, offset: int,
-                                 out_dtype: Optional[torch.dtype]) -> Tensor:
+def _reference_embedding_combine(
+    weight: Tensor, indices: Tensor, seed: Tensor, offset: int, out_dtype: Optional[torch.dtype]
+) -> Tensor:
     return reference.embedding_combine(weight, indices, seed, offset, out_dtype)
 
 
@@ -65,11 +66,20 @@ def _compiled_op(name: str) -> Callable:
     return lambda *args: getattr(torch.ops.majority_kernels, name)(*args)
 
 
-def _compiled_backend(name: str, unavailable: Callable[[torch.device], Optional[str]],
-                      linear: Optional[Callable] = None) -> Backend:
+def _compiled_backend(
+    name: str, unavailable: Callable[[torch.device], Optional[str]], linear: Optional[Callable] = None
+) -> Backend:
     """A backend made of the extension's ops, which dispatch on the device (CPU or CUDA kernels)."""
-    return Backend(name, _compiled_op("combine"), _compiled_op("scatter"), _compiled_op("scatter_add_"),
-                   _compiled_op("mixing_weights"), _compiled_op("embedding_combine"), unavailable, linear)
+    return Backend(
+        name,
+        _compiled_op("combine"),
+        _compiled_op("scatter"),
+        _compiled_op("scatter_add_"),
+        _compiled_op("mixing_weights"),
+        _compiled_op("embedding_combine"),
+        unavailable,
+        linear,
+    )
 
 
 def _load(module: str) -> tuple[Optional[object], Optional[str]]:
@@ -85,8 +95,10 @@ def _cuda_unavailable(device: torch.device) -> Optional[str]:
     if not ops.HAS_EXTENSION:
         return f"the C++ extension is unavailable: {ops.EXTENSION_ERROR}"
     if not ops.HAS_CUDA_KERNELS:
-        return ("this install has no CUDA kernels (built without a CUDA build of torch and a CUDA toolkit, or "
-                "with MK_SKIP_CUDA=1)")
+        return (
+            "this install has no CUDA kernels (built without a CUDA build of torch and a CUDA toolkit, or "
+            "with MK_SKIP_CUDA=1)"
+        )
     if device.type != "cuda":
         return f"backend 'cuda' runs on CUDA tensors only, not on {device}"
     return None
@@ -97,17 +109,33 @@ _triton_ops, TRITON_ERROR = _load("triton_ops")
 
 def _triton_backend() -> Backend:
     if _triton_ops is None:
+
         def missing(*args):
             raise RuntimeError(f"majority-kernels backend 'triton' cannot run here: {TRITON_ERROR}")
+
         return Backend("triton", missing, missing, missing, missing, missing, lambda device: TRITON_ERROR)
-    return Backend("triton", _triton_ops.combine, _triton_ops.scatter, _triton_ops.scatter_add_,
-                   _triton_ops.mixing_weights, _triton_ops.embedding_combine, _triton_ops.unavailable,
-                   _triton_ops.linear)
+    return Backend(
+        "triton",
+        _triton_ops.combine,
+        _triton_ops.scatter,
+        _triton_ops.scatter_add_,
+        _triton_ops.mixing_weights,
+        _triton_ops.embedding_combine,
+        _triton_ops.unavailable,
+        _triton_ops.linear,
+    )
 
 
 BACKENDS: dict[str, Backend] = {
-    "reference": Backend("reference", reference.combine, reference.scatter, _reference_scatter_add_,
-                         _reference_mixing_weights, _reference_embedding_combine, lambda device: None),
+    "reference": Backend(
+        "reference",
+        reference.combine,
+        reference.scatter,
+        _reference_scatter_add_,
+        _reference_mixing_weights,
+        _reference_embedding_combine,
+        lambda device: None,
+    ),
     "cpu": _compiled_backend("cpu", _cpu_unavailable),
     "cuda": _compiled_backend("cuda", _cuda_unavailable, cuda_ops.linear),
     "triton": _triton_backend(),
@@ -176,8 +204,11 @@ def backend_for(device: torch.device) -> Backend:
         if BACKENDS[candidate].unavailable(device) is None:
             return BACKENDS[candidate]
     reasons = "; ".join(f"{c}: {BACKENDS[c].unavailable(device)}" for c in AUTO_ORDER.get(device.type, ()))
-    _warn_once(device.type, f"majority-kernels: no fused backend for {device.type} tensors in this install"
-                            f"{' (' + reasons + ')' if reasons else ''}; using the slow 'reference' backend")
+    _warn_once(
+        device.type,
+        f"majority-kernels: no fused backend for {device.type} tensors in this install"
+        f"{' (' + reasons + ')' if reasons else ''}; using the slow 'reference' backend",
+    )
     return BACKENDS["reference"]
 
 

@@ -66,9 +66,10 @@ if helpers.TRITON_UNAVAILABLE is None:
 def _uniforms(expansion, numel, seed, offset):
     groups = (expansion + 2) // 4
     out = torch.empty(4 * groups, numel, device=DEVICE)
-    _uniforms_kernel[(triton.cdiv(numel, 256),)](out, device_seed(seed), offset - 2**64 if offset >= 2**63 else offset,
-                                                 numel, EXPANSION=expansion, BLOCK=256)
-    return out[:expansion - 1].cpu()
+    _uniforms_kernel[(triton.cdiv(numel, 256),)](
+        out, device_seed(seed), offset - 2**64 if offset >= 2**63 else offset, numel, EXPANSION=expansion, BLOCK=256
+    )
+    return out[: expansion - 1].cpu()
 
 
 def _triton():
@@ -76,6 +77,7 @@ def _triton():
 
 
 # ---- the RNG -------------------------------------------------------------------------------------------------
+
 
 def test_uniforms_match_vectors_exactly(rng_vectors):
     for case in rng_vectors["uniforms"]:
@@ -104,6 +106,7 @@ def test_mixing_weights_equal_cpu_backend(generator):
 
 # ---- registration: opcheck, gradients ------------------------------------------------------------------------
 
+
 def test_opcheck_every_op(generator):
     weight = device_randn(3, 5, 7, generator=generator).requires_grad_()
     grad = device_randn(5, 7, generator=generator).requires_grad_()
@@ -117,10 +120,20 @@ def test_opcheck_every_op(generator):
         (OPS.scatter_add_.default, (device_randn(3, 5, 7, generator=generator), grad.detach(), device_seed(), 11)),
         (OPS.mixing_weights.default, (device_seed(), 11, 3, 35)),
         (OPS.embedding_combine.default, (table, indices, device_seed(), 11, None)),
-        (OPS.embedding_scatter_add_.default, (device_randn(2, 6, 5, generator=generator), device_randn(2, 3, 5,
-                                              generator=generator), indices, device_seed(), 11)),
-        (OPS.mixed_matmul.default, (x, weight.detach(), device_randn(5, generator=generator), device_seed(), 11,
-                                    False)),
+        (
+            OPS.embedding_scatter_add_.default,
+            (
+                device_randn(2, 6, 5, generator=generator),
+                device_randn(2, 3, 5, generator=generator),
+                indices,
+                device_seed(),
+                11,
+            ),
+        ),
+        (
+            OPS.mixed_matmul.default,
+            (x, weight.detach(), device_randn(5, generator=generator), device_seed(), 11, False),
+        ),
         (OPS.mixed_matmul.default, (dy, weight.detach(), None, device_seed(), 11, True)),
         (OPS.weight_grad.default, (dy, x, device_seed(), 11, 3, torch.float32)),
         (OPS.weight_grad_add_.default, (device_randn(3, 5, 7, generator=generator), dy, x, device_seed(), 11)),
@@ -138,10 +151,12 @@ def test_gradcheck_combine_scatter_embedding(expansion, generator):
     assert torch.autograd.gradcheck(lambda w: OPS.combine(w, seed, 3, None), (weight,), fast_mode=True)
     assert torch.autograd.gradgradcheck(lambda w: OPS.combine(w, seed, 3, None), (weight,), fast_mode=True)
     assert torch.autograd.gradcheck(lambda g: OPS.scatter(g, seed, 3, expansion, None), (grad,), fast_mode=True)
-    assert torch.autograd.gradcheck(lambda w: OPS.embedding_combine(w, indices, seed, 3, None), (weight,),
-                                    fast_mode=True)
-    assert torch.autograd.gradgradcheck(lambda w: OPS.embedding_combine(w, indices, seed, 3, None), (weight,),
-                                        fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda w: OPS.embedding_combine(w, indices, seed, 3, None), (weight,), fast_mode=True
+    )
+    assert torch.autograd.gradgradcheck(
+        lambda w: OPS.embedding_combine(w, indices, seed, 3, None), (weight,), fast_mode=True
+    )
 
 
 @pytest.mark.parametrize("forced", [pytest.param(("fused", "fused"), marks=needs_float64_dot), ("combine", "scatter")])
@@ -150,11 +165,13 @@ def test_gradcheck_majority_linear(forced, generator):
     w = device_randn(4, 2, 5, generator=generator, dtype=torch.float64).requires_grad_()
     b = device_randn(2, generator=generator, dtype=torch.float64).requires_grad_()
     with _triton(), paths.force_paths(*forced):
-        assert torch.autograd.gradcheck(lambda x, w, b: mk.functional.majority_linear(x, w, b, seed=7), (x, w, b),
-                                        fast_mode=True)
+        assert torch.autograd.gradcheck(
+            lambda x, w, b: mk.functional.majority_linear(x, w, b, seed=7), (x, w, b), fast_mode=True
+        )
 
 
 # ---- the linear layer's paths --------------------------------------------------------------------------------
+
 
 def _linear_case(m, n, k, expansion, generator, dtype=torch.float32):
     x = device_randn(m, k, generator=generator, dtype=dtype).requires_grad_()
@@ -231,8 +248,7 @@ def test_linear_under_autocast(forward, generator):
         out = mk.functional.majority_linear(x, weight, bias, seed=3)
     out.backward(grad_out)
     assert out.dtype == torch.bfloat16 and weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
-    expected = _reference_linear(x.to(torch.bfloat16), weight, bias.to(torch.bfloat16), 3, 0, grad_out,
-                                 torch.bfloat16)
+    expected = _reference_linear(x.to(torch.bfloat16), weight, bias.to(torch.bfloat16), 3, 0, grad_out, torch.bfloat16)
     torch.testing.assert_close(cpu64(out), expected[0], **TOLERANCES[torch.bfloat16])
     torch.testing.assert_close(cpu64(weight.grad), expected[2], rtol=2e-2, atol=2e-2)
 
@@ -334,6 +350,7 @@ def test_float64_without_float64_dot_takes_the_combine_paths(monkeypatch, genera
 
 # ---- embeddings ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("expansion", [1, 3, 8])
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
 def test_embedding_combine_and_gradient(expansion, index_dtype, generator):
@@ -375,6 +392,7 @@ def test_embedding_bad_indices_are_refused_at_the_boundary():
 
 # ---- bad input, availability ---------------------------------------------------------------------------------
 
+
 def test_bad_input_names_the_problem():
     weight = torch.zeros(2, 3, device=DEVICE)
     with _triton():
@@ -383,11 +401,16 @@ def test_bad_input_names_the_problem():
         with pytest.raises(TypeError, match="seed tensor must hold one int64 value"):
             mk.functional.combine(weight, torch.tensor(1, dtype=torch.int32, device=DEVICE))
         with pytest.raises(ValueError, match="accumulate_into must have shape"):
-            mk.functional.scatter(torch.zeros(3, device=DEVICE), 0, 0, 2,
-                                  accumulate_into=torch.zeros(2, 3, 4, device=DEVICE))
+            mk.functional.scatter(
+                torch.zeros(3, device=DEVICE), 0, 0, 2, accumulate_into=torch.zeros(2, 3, 4, device=DEVICE)
+            )
     with pytest.raises(ValueError, match="grad_weight must be contiguous"):  # the in-place op's own assert
-        triton_ops.scatter_add_(torch.zeros(3, 2, 4, device=DEVICE).transpose(1, 2), torch.zeros(4, 2, device=DEVICE),
-                                torch.tensor(0, device=DEVICE), 0)
+        triton_ops.scatter_add_(
+            torch.zeros(3, 2, 4, device=DEVICE).transpose(1, 2),
+            torch.zeros(4, 2, device=DEVICE),
+            torch.tensor(0, device=DEVICE),
+            0,
+        )
 
 
 def test_unavailable_explains(monkeypatch):
@@ -398,11 +421,16 @@ def test_unavailable_explains(monkeypatch):
 
 # ---- through the layers and torch.compile --------------------------------------------------------------------
 
+
 def _model():
     torch.manual_seed(0)
-    return torch.nn.Sequential(mk.MKLinear(8, 16, expansion=3), torch.nn.ReLU(),
-                               mk.MKConv1d(2, 2, 3, padding=1, expansion=2), torch.nn.Flatten(),
-                               mk.MKLinear(32, 1, expansion=5)).to(DEVICE)
+    return torch.nn.Sequential(
+        mk.MKLinear(8, 16, expansion=3),
+        torch.nn.ReLU(),
+        mk.MKConv1d(2, 2, 3, padding=1, expansion=2),
+        torch.nn.Flatten(),
+        mk.MKLinear(32, 1, expansion=5),
+    ).to(DEVICE)
 
 
 @pytest.mark.parametrize("forward", ["fused", "combine"])
@@ -428,16 +456,46 @@ def test_compile_fullgraph_matches_eager(forward):
 
 # ---- the benchmark's Triton variants ------------------------------------------------------------------------
 
+
 def test_bench_triton_variants(tmp_path):
     from majority_kernels.cli import main
 
-    assert main(["bench", "--backend", "triton", "--device", DEVICE.type, "--shapes", "8x16x16", "--expansion", "2",
-                 "--no-compile", "--only", "linear,kernels", "--repeats", "1", "--warmup", "0",
-                 "--output", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--backend",
+                "triton",
+                "--device",
+                DEVICE.type,
+                "--shapes",
+                "8x16x16",
+                "--expansion",
+                "2",
+                "--no-compile",
+                "--only",
+                "linear,kernels",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--output",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "run.json").read_text())
     linear = {row["variant"]: row for row in report["linear"]}
-    assert set(linear) == {"dense", "naive", "mk[triton]", "mk[triton:combine,scatter-dW]",
-                           "mk[triton:combine,fused-dW]", "mk[triton:fused,scatter-dW]", "mk[triton:fused,fused-dW]"}
+    assert set(linear) == {
+        "dense",
+        "naive",
+        "mk[triton]",
+        "mk[triton:combine,scatter-dW]",
+        "mk[triton:combine,fused-dW]",
+        "mk[triton:fused,scatter-dW]",
+        "mk[triton:fused,fused-dW]",
+    }
     assert all(row["time_s"] > 0 for row in linear.values())
     kernels = [row for row in report["kernels"] if row["variant"] == "mk[triton]"]
     assert {row["op"] for row in kernels} == {"combine", "scatter"}
@@ -450,15 +508,28 @@ def test_bench_crossover_sweep():
     from majority_kernels import bench
     from majority_kernels.bench import runner
 
-    config = bench.BenchConfig(device=DEVICE, dtype=torch.float32, backends=("triton",),
-                               linear_shapes=(bench.LinearShape(1, 8, 16),), linear_expansions=(2,), conv_shapes=(),
-                               conv_expansions=(), repeats=1, warmup=0, crossover_ms=(1, 16))
+    config = bench.BenchConfig(
+        device=DEVICE,
+        dtype=torch.float32,
+        backends=("triton",),
+        linear_shapes=(bench.LinearShape(1, 8, 16),),
+        linear_expansions=(2,),
+        conv_shapes=(),
+        conv_expansions=(),
+        repeats=1,
+        warmup=0,
+        crossover_ms=(1, 16),
+    )
     rows = runner.crossover_rows((8, 16), 2, config, lambda: None)
     timings = [row for row in rows if row["variant"] != "summary"]
     assert {(row["M"], row["variant"]) for row in timings} <= {
-        (m, name) for m in (1, 16) for name in (runner.COMBINE, runner.FUSED_FORWARD, runner.FUSED_WGRAD)}
-    assert {row["variant"] for row in timings if row["M"] == 1} == {runner.COMBINE, runner.FUSED_FORWARD,
-                                                                     runner.FUSED_WGRAD}
+        (m, name) for m in (1, 16) for name in (runner.COMBINE, runner.FUSED_FORWARD, runner.FUSED_WGRAD)
+    }
+    assert {row["variant"] for row in timings if row["M"] == 1} == {
+        runner.COMBINE,
+        runner.FUSED_FORWARD,
+        runner.FUSED_WGRAD,
+    }
     summary = rows[-1]
     thresholds = tuning.for_device(DEVICE)
     assert summary["variant"] == "summary"
@@ -546,13 +617,15 @@ def test_kernels_build_for_sm90():
     """The interpreter runs the kernels' Python, not Triton's compiler: build them for an H100 (sm_90, down to a
     cubin with the ptxas Triton ships), so that code the compiler rejects fails here too."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(__file__).parents[1] / "benchmarks"),
-                                         *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(pathlib.Path(__file__).parents[1] / "benchmarks"), *filter(None, [env.get("PYTHONPATH")])]
+    )
     result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env)
     assert result.returncode == 0 and "built" in result.stdout, result.stderr[-3000:]
 
 
 # ---- GPU only ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

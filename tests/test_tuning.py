@@ -15,15 +15,26 @@ import majority_kernels as mk
 from majority_kernels import backends, cli, cuda_ops, paths, reference, tune, tuning
 
 GPU = "Fake GPU 9000"
-MEASURED = tuning.Thresholds(cuda_fused_max_rows=3, triton_fused_forward_max_m=5, triton_fused_wgrad_max_m=7,
-                             combine_block=64, scatter_block=32)
-needs_triton = pytest.mark.skipif(backends.BACKENDS["triton"].unavailable(torch.device("cpu")) is not None,
-                                  reason="the Triton backend cannot run on CPU tensors here")
+MEASURED = tuning.Thresholds(
+    cuda_fused_max_rows=3, triton_fused_forward_max_m=5, triton_fused_wgrad_max_m=7, combine_block=64, scatter_block=32
+)
+needs_triton = pytest.mark.skipif(
+    backends.BACKENDS["triton"].unavailable(torch.device("cpu")) is not None,
+    reason="the Triton backend cannot run on CPU tensors here",
+)
 
 
 def _table(gpu=GPU, version=mk.__version__, thresholds=MEASURED):
-    return tuning.Table(gpu=gpu, majority_kernels=version, thresholds=thresholds, torch="2.x", triton="3.x",
-                        date="2026-01-01T00:00:00+00:00", quick=True, measurements={"blocks": [{"block": 64}]})
+    return tuning.Table(
+        gpu=gpu,
+        majority_kernels=version,
+        thresholds=thresholds,
+        torch="2.x",
+        triton="3.x",
+        date="2026-01-01T00:00:00+00:00",
+        quick=True,
+        measurements={"blocks": [{"block": 64}]},
+    )
 
 
 @pytest.fixture
@@ -57,15 +68,18 @@ def test_table_round_trip(tmp_path):
     assert json.loads(path.read_text())["thresholds"] == dataclasses.asdict(MEASURED)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda data: data.update(format=2), "format must be 1"),
-    (lambda data: data.pop("gpu"), "field 'gpu'"),
-    (lambda data: data["thresholds"].pop("scatter_block"), "exactly the keys"),
-    (lambda data: data["thresholds"].update(combine_block=1000), "combine_block must be a power of two"),
-    (lambda data: data["thresholds"].update(cuda_fused_max_rows=-1), "cuda_fused_max_rows must be an integer"),
-    (lambda data: data["thresholds"].update(triton_fused_wgrad_max_m="64"), "triton_fused_wgrad_max_m must be"),
-    (lambda data: data.update(measurements=[1]), "'measurements' must be an object"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda data: data.update(format=2), "format must be 1"),
+        (lambda data: data.pop("gpu"), "field 'gpu'"),
+        (lambda data: data["thresholds"].pop("scatter_block"), "exactly the keys"),
+        (lambda data: data["thresholds"].update(combine_block=1000), "combine_block must be a power of two"),
+        (lambda data: data["thresholds"].update(cuda_fused_max_rows=-1), "cuda_fused_max_rows must be an integer"),
+        (lambda data: data["thresholds"].update(triton_fused_wgrad_max_m="64"), "triton_fused_wgrad_max_m must be"),
+        (lambda data: data.update(measurements=[1]), "'measurements' must be an object"),
+    ],
+)
 def test_bad_tables_are_refused_naming_the_field(tmp_path, change, message):
     data = _table().to_json()
     change(data)
@@ -163,6 +177,7 @@ def test_tune_refuses_without_a_gpu(capsys, argv):
 
 # ---- the dispatch reads the table ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def measured(folders, on_gpu):
     tuning.write(_table(), folders[0])
@@ -190,9 +205,11 @@ def test_triton_path_choice_reads_the_table(measured, monkeypatch):
 
 def _recording(launcher, name, launched):
     """launcher, recording (name, its last argument: the block) per call."""
+
     def launch(*args):
         launched.append((name, args[-1]))
         launcher(*args)
+
     return launch
 
 
@@ -234,9 +251,15 @@ def test_compiled_layer_traces_the_lookup(measured, monkeypatch):
             out = torch.compile(layer, fullgraph=True, dynamic=False, backend=keep_graph)(x)
             torch.testing.assert_close(out, layer(x))
             # The autograd.Function's forward is a subgraph of the captured one.
-            ops_in_graph.append({str(node.target) for module in graphs[-1].modules()
-                                 if isinstance(module, torch.fx.GraphModule) for node in module.graph.nodes
-                                 if node.op == "call_function"})
+            ops_in_graph.append(
+                {
+                    str(node.target)
+                    for module in graphs[-1].modules()
+                    if isinstance(module, torch.fx.GraphModule)
+                    for node in module.graph.nodes
+                    if node.op == "call_function"
+                }
+            )
     torch._dynamo.reset()
     fused, combined = ops_in_graph
     assert any("mixed_matmul" in op for op in fused) and not any("combine" in op for op in fused), fused
@@ -245,6 +268,7 @@ def test_compiled_layer_traces_the_lookup(measured, monkeypatch):
 
 def test_lookup_traces_under_compile(measured):
     """The GPU branch of the lookup, uncached and cached, traces with fullgraph=True to the table's constant."""
+
     def scaled(x):
         return x * tuning.for_device(torch.device("cuda", 0)).combine_block
 

@@ -28,8 +28,17 @@ from .embedding import embedding_combine
 from .linear_layer import linear, linear_paths
 from .mixing import combine, mixing_weights, scatter, scatter_add_
 
-__all__ = ["NAMESPACE", "combine", "embedding_combine", "linear", "linear_paths", "mixing_weights", "scatter",
-           "scatter_add_", "unavailable"]
+__all__ = [
+    "NAMESPACE",
+    "combine",
+    "embedding_combine",
+    "linear",
+    "linear_paths",
+    "mixing_weights",
+    "scatter",
+    "scatter_add_",
+    "unavailable",
+]
 
 
 def unavailable(device: torch.device) -> Optional[str]:
@@ -37,8 +46,10 @@ def unavailable(device: torch.device) -> Optional[str]:
     if device.type == "cpu":
         if INTERPRETING:
             return None
-        return ("Triton runs on CPU tensors only under its interpreter: set TRITON_INTERPRET=1 before importing "
-                "majority_kernels (for tests; it is slow)")
+        return (
+            "Triton runs on CPU tensors only under its interpreter: set TRITON_INTERPRET=1 before importing "
+            "majority_kernels (for tests; it is slow)"
+        )
     if device.type == "cuda":
         return None if torch.cuda.is_available() else "torch sees no CUDA device"
     return f"backend 'triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), not on {device}"

@@ -16,8 +16,9 @@ _ATOMIC_DTYPES = (torch.float32, torch.float64)
 
 
 @custom_op("embedding_combine")
-def embedding_combine(weight: Tensor, indices: Tensor, seed: Tensor, offset: int,
-                      out_dtype: Optional[torch.dtype]) -> Tensor:
+def embedding_combine(
+    weight: Tensor, indices: Tensor, seed: Tensor, offset: int, out_dtype: Optional[torch.dtype]
+) -> Tensor:
     out = outputs.embedding_combine(weight, indices, out_dtype)
     embedding_kernels.gather(weight.contiguous(), indices.contiguous().view(-1), seed, offset, out)
     return out
@@ -32,8 +33,9 @@ def _(weight, indices, seed, offset, out_dtype):
 def embedding_scatter_add_(grad_weight: Tensor, grad: Tensor, indices: Tensor, seed: Tensor, offset: int) -> None:
     """grad_weight[k, indices[t]] += P_k * grad[t] in place, for a float32 or float64 table."""
     check_target(grad_weight)
-    embedding_kernels.scatter_add(grad.contiguous().view(-1, grad.shape[-1]), indices.contiguous().view(-1), seed,
-                                  offset, grad_weight)
+    embedding_kernels.scatter_add(
+        grad.contiguous().view(-1, grad.shape[-1]), indices.contiguous().view(-1), seed, offset, grad_weight
+    )
 
 
 @embedding_scatter_add_.register_fake
@@ -46,6 +48,7 @@ def _accumulator_dtype(grad_dtype: torch.dtype, weight_dtype: torch.dtype) -> to
     return torch.float64 if torch.float64 in (grad_dtype, weight_dtype) else torch.float32
 
 
-_backward, _setup = embedding_autograd(embedding_combine, embedding_scatter_add_, accumulator_dtype=_accumulator_dtype,
-                                       in_place_dtypes=_ATOMIC_DTYPES)
+_backward, _setup = embedding_autograd(
+    embedding_combine, embedding_scatter_add_, accumulator_dtype=_accumulator_dtype, in_place_dtypes=_ATOMIC_DTYPES
+)
 embedding_combine.register_autograd(_backward, setup_context=_setup)

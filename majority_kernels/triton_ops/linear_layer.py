@@ -31,13 +31,15 @@ from .mixing import combine, scatter, scatter_add_
 
 
 @custom_op("mixed_matmul")
-def _mixed_matmul(a: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int,
-                  transposed: bool) -> Tensor:
+def _mixed_matmul(
+    a: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int, transposed: bool
+) -> Tensor:
     """a @ W_eff^T + bias (a [M, K] -> [M, N]), or a @ W_eff (transposed; a [M, N] -> [M, K]), for weight
     [e, N, K], in a's dtype, W_eff built inside the GEMM."""
     out = outputs.linear(a, weight, transposed)
-    linear_kernels.mixed_matmul(a, weight.contiguous(), bias.contiguous() if bias is not None else None, seed,
-                                offset, transposed, out)
+    linear_kernels.mixed_matmul(
+        a, weight.contiguous(), bias.contiguous() if bias is not None else None, seed, offset, transposed, out
+    )
     return out
 
 
@@ -47,8 +49,9 @@ def _(a, weight, bias, seed, offset, transposed):
 
 
 @custom_op("weight_grad")
-def _weight_grad(grad_out: Tensor, input: Tensor, seed: Tensor, offset: int, expansion: int,
-                 out_dtype: torch.dtype) -> Tensor:
+def _weight_grad(
+    grad_out: Tensor, input: Tensor, seed: Tensor, offset: int, expansion: int, out_dtype: torch.dtype
+) -> Tensor:
     """Every copy's gradient P_k * (grad_out^T @ input) [expansion, N, K] from one GEMM (dW_eff never stored)."""
     out = outputs.weight_grad(grad_out, input, expansion, out_dtype)
     weight_grad_kernels.weight_grad(grad_out, input, seed, offset, out, accumulate=False)
@@ -80,8 +83,16 @@ class _MixedLinear(torch.autograd.Function):
     when the backward accumulates (majority_kernels._grad_accumulation)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int,
-                fused_forward: bool, fused_wgrad: bool) -> Tensor:
+    def forward(
+        ctx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Optional[Tensor],
+        seed: Tensor,
+        offset: int,
+        fused_forward: bool,
+        fused_wgrad: bool,
+    ) -> Tensor:
         remember_weight(ctx, weight)
         if fused_forward:
             out = _mixed_matmul(x, weight, bias, seed, offset, False)
@@ -108,11 +119,14 @@ class _MixedLinear(torch.autograd.Function):
             remembered = remembered_weight(ctx)
             if ctx.fused_wgrad:
                 grad_weight = copies_gradient(
-                    remembered, lambda target: _weight_grad_add_(target, grad_out, x, seed, ctx.offset),
-                    lambda: _weight_grad(grad_out, x, seed, ctx.offset, ctx.expansion, ctx.weight_dtype))
+                    remembered,
+                    lambda target: _weight_grad_add_(target, grad_out, x, seed, ctx.offset),
+                    lambda: _weight_grad(grad_out, x, seed, ctx.offset, ctx.expansion, ctx.weight_dtype),
+                )
             else:
-                grad_weight = linear_weight_grad(scatter, scatter_add_, remembered, grad_out, x, seed, ctx.offset,
-                                                 ctx.expansion, ctx.weight_dtype)
+                grad_weight = linear_weight_grad(
+                    scatter, scatter_add_, remembered, grad_out, x, seed, ctx.offset, ctx.expansion, ctx.weight_dtype
+                )
         if ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(0)
         return grad_x, grad_weight, grad_bias, None, None, None, None
@@ -133,12 +147,14 @@ def linear_paths(m: int, dtype: torch.dtype, device: torch.device, expansion: in
     return forward, wgrad
 
 
-def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int,
-           out_dtype: torch.dtype) -> Tensor:
+def linear(
+    input: Tensor, weight: Tensor, bias: Optional[Tensor], seed: Tensor, offset: int, out_dtype: torch.dtype
+) -> Tensor:
     """The mixed linear layer y = input @ W_eff^T + bias in the compute dtype out_dtype (input and bias are cast
     to it, as autocast would), on the paths linear_paths chooses for the input's row count."""
     x = input.to(out_dtype).reshape(math.prod(input.shape[:-1]), input.shape[-1])
     forward, wgrad = linear_paths(x.shape[0], out_dtype, weight.device, weight.shape[0])
-    out = _MixedLinear.apply(x, weight, None if bias is None else bias.to(out_dtype), seed, offset,
-                             forward == "fused", wgrad == "fused")
+    out = _MixedLinear.apply(
+        x, weight, None if bias is None else bias.to(out_dtype), seed, offset, forward == "fused", wgrad == "fused"
+    )
     return out.view(*input.shape[:-1], weight.shape[1])

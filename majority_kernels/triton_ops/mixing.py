@@ -41,8 +41,9 @@ def _(grad, seed, offset, expansion, out_dtype):
 @custom_op("scatter_add_", mutates_args=("grad_weight",))
 def scatter_add_(grad_weight: Tensor, grad: Tensor, seed: Tensor, offset: int) -> None:
     check_target(grad_weight)
-    scatter_kernels.scatter(grad.contiguous(), seed, offset, grad_weight, True,
-                            tuning.for_device(grad_weight.device).scatter_block)
+    scatter_kernels.scatter(
+        grad.contiguous(), seed, offset, grad_weight, True, tuning.for_device(grad_weight.device).scatter_block
+    )
 
 
 @scatter_add_.register_fake
