@@ -92,10 +92,10 @@ _ops = torch.ops.majority_kernels
 for _name, (_backward, _setup) in zip(
     ("combine", "scatter"), mixing_autograd(_ops.combine, _ops.scatter, _ops.scatter_add_)
 ):
-    torch.library.register_autograd(f"majority_kernels::{_name}", _backward, setup_context=_setup, lib=_library)
+    torch.library.register_autograd(f"majority_kernels::{_name}", _backward, setup_context=_setup)
 # The C++ kernels scatter into a table of any dtype: the fresh gradient accumulates in the weight's own.
 _backward, _setup = embedding_autograd(_ops.embedding_combine, _ops.embedding_scatter_add_)
-torch.library.register_autograd("majority_kernels::embedding_combine", _backward, setup_context=_setup, lib=_library)
+torch.library.register_autograd("majority_kernels::embedding_combine", _backward, setup_context=_setup)
 
 
 def _mixed_linear_setup(ctx, inputs, output):
@@ -133,7 +133,7 @@ def _mixed_linear_backward(ctx, grad_output):
 
 
 torch.library.register_autograd(
-    "majority_kernels::mixed_linear", _mixed_linear_backward, setup_context=_mixed_linear_setup, lib=_library
+    "majority_kernels::mixed_linear", _mixed_linear_backward, setup_context=_mixed_linear_setup
 )
 
 
