@@ -9,15 +9,17 @@
 # <gpu>-<part>-steps.json, and the budgets should follow those records.
 #   quick  build         90   the CUDA kernels for this GPU's architecture only, MAX_JOBS = every core
 #          kernel-tests  50   pytest -m gpu on tests/test_conformance.py, test_cuda.py and test_triton.py: combine,
-#                             scatter, mixing weights, layers and embeddings of both GPU backends against the float64
-#                             reference, identical uniforms across backends, the fused linear paths (pytest-xdist workers where it is installed; compile, gradcheck and CUDA
-#                             graph tests are left to full's suite)
+#                             scatter, mixing weights and embeddings of both GPU backends against the float64
+#                             reference, identical uniforms across backends, the fused linear paths (pytest-xdist
+#                             workers where it is installed; compile, gradcheck, CUDA graph and the conformance
+#                             suite's linear and conv tests are left to full's suite)
 #          bench         65   majority-kernels bench, M = 8192, N = K = 4096, e = 4, bf16 autocast, float32 master
 #                             weights: dense, naive eager, naive compiled, the cuda and triton backends (and the
 #                             triton paths forced); copy bandwidth, combine / scatter as % of it, saved bytes, peak
 #          tune          30   majority-kernels tune --quick (a first table for this GPU, not one to ship)
 #          summary        2   one screen of the key ratios, from the benchmark's and the tune's JSON
-#   full   memcheck      60   compute-sanitizer memcheck on the CUDA tests (where compute-sanitizer is installed)
+#   full   memcheck      60   compute-sanitizer memcheck on the CUDA backend's tests and conformance pair (where
+#                             compute-sanitizer is installed)
 #          crossover     40   the benchmark's M sweep of the Triton paths (where each fused path stops paying)
 #          conv-fused    40   the fused implicit-GEMM convolution against combine + cuDNN on three shapes
 #          tune          60   the full majority-kernels tune (the table to ship, into majority_kernels/tuning_tables/)
@@ -105,11 +107,12 @@ fi
 workers=()
 "$python" -c 'import xdist' 2>/dev/null && workers=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))")
 pytest=("$python" -m pytest -q -p no:cacheprovider)
-# quick's kernel tests: the gpu tests of these files but the slow-starting ones, which full's suite runs.
-export KERNEL_FILES="tests/test_conformance.py tests/test_cuda.py tests/test_triton.py" SLOW_GPU="(compiled or gradcheck or graph)"
+# quick's kernel tests: the gpu tests of these files but the slow-starting ones, which full's suite runs: compile,
+# gradcheck and CUDA-graph tests, and the conformance suite's layer tests (each Triton GEMM autotunes on first use).
+export KERNEL_FILES="tests/test_conformance.py tests/test_cuda.py tests/test_triton.py"
+export SLOW_GPU="(compiled or gradcheck or graph or test_linear or test_conv)"
 
 if [[ $part == quick ]]; then
-  # torch.compile, gradcheck and CUDA-graph tests are slow to start: they run with the rest of the suite in full.
   step kernel-tests 70 "${pytest[@]}" ${workers[@]+"${workers[@]}"} -m gpu $KERNEL_FILES -k "not $SLOW_GPU"
   step bench 100 "$python" -m majority_kernels bench --device cuda --backend cuda,triton --shapes 8192x4096x4096 \
     --expansion 4 --dtype bf16 --only linear,kernels --repeats 10 --warmup 2 --output "$out/$gpu-bench"
@@ -123,7 +126,7 @@ else
   sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
   if [[ -n $sanitizer ]]; then
     step memcheck 60 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool memcheck --error-exitcode 1 \
-      "${pytest[@]}" -m gpu tests/test_cuda.py -k "not $SLOW_GPU"
+      "${pytest[@]}" -m gpu tests/test_cuda.py tests/test_conformance.py -k "not $SLOW_GPU and not triton"
   else
     echo "== memcheck: skipped, no compute-sanitizer installed"
   fi
