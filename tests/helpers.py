@@ -131,6 +131,16 @@ def random_seed(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**62, (), generator=generator)) * 2 + int(torch.randint(0, 2, (), generator=generator))
 
 
+def random_indices(
+    rows: int, shape: tuple, generator: torch.Generator, dtype: torch.dtype = torch.int64, device="cpu"
+) -> torch.Tensor:
+    """Random rows of a table (few rows: repeated indices), the last row always among them when there is room."""
+    indices = torch.randint(0, rows, shape, generator=generator)
+    if indices.numel() > 1:
+        indices.view(-1)[-1] = rows - 1
+    return indices.to(device=device, dtype=dtype)
+
+
 def random_offset(generator: torch.Generator) -> int:
     """An element offset up to 2^40, or, one time in two, within a few counters of the 2^64 wrap."""
     offset = int(torch.randint(0, 2**40, (), generator=generator))

@@ -20,6 +20,7 @@ from helpers import (
     assert_matches_reference,
     cpu64,
     randn,
+    random_indices,
     random_offset,
     random_seed,
 )
@@ -341,14 +342,6 @@ def test_conv(pair, expansion, case, generator):
 TABLES = [(1, 1, ()), (7, 3, (5,)), (13, 130, (2, 3)), (5, 257, (4,)), (31, 64, (3, 2, 2)), (2, 129, (1, 1))]
 
 
-def _indices(rows, shape, generator, device, dtype=torch.int64):
-    """Random rows (few rows: repeated indices), the last row always among them when there is room."""
-    indices = torch.randint(0, rows, shape, generator=generator)
-    if indices.numel() > 1:
-        indices.view(-1)[-1] = rows - 1
-    return indices.to(device=device, dtype=dtype)
-
-
 @pair_param
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
 @pytest.mark.parametrize("expansion", [1, 2, 3, 4, 5, 8, 11])
@@ -358,7 +351,7 @@ def test_embedding(pair, table, expansion, index_dtype, generator):
     weight = randn(
         expansion, rows, dim, generator=generator, device=pair.device, dtype=torch.float64, misaligned=dim % 2 == 1
     ).requires_grad_()
-    indices = _indices(rows, shape, generator, pair.device, index_dtype)
+    indices = random_indices(rows, shape, generator, index_dtype, pair.device)
     seed, offset = random_seed(generator), random_offset(generator)
     with _on(pair):
         out = mk.functional.majority_embedding(indices, weight, seed=seed, offset=offset)
@@ -374,7 +367,7 @@ def test_embedding(pair, table, expansion, index_dtype, generator):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_embedding_dtypes(pair, dtype, generator):
     weight = randn(4, 11, 40, generator=generator, device=pair.device, dtype=dtype).requires_grad_()
-    indices = _indices(11, (3, 5), generator, pair.device)
+    indices = random_indices(11, (3, 5), generator, device=pair.device)
     seed, offset = random_seed(generator), random_offset(generator)
     with _on(pair):
         out = mk.functional.majority_embedding(indices, weight, seed=seed, offset=offset)

@@ -1,6 +1,7 @@
-"""Embeddings: the embedding_combine / embedding_scatter_add_ ops against the float64 reference, their registration
-(opcheck, gradcheck, torch.compile), mk.functional.majority_embedding, MKEmbedding, convert / collapse of
-nn.Embedding with the tied-weight check, and bad input."""
+"""Embeddings: the reference's semantics, the CPU ops' counter wrap and repeated rows (every backend against the
+float64 reference is tests/test_conformance.py's), their registration (opcheck, gradcheck, torch.compile),
+mk.functional.majority_embedding, MKEmbedding, convert / collapse of nn.Embedding with the tied-weight check, and
+bad input."""
 
 import copy
 
@@ -13,6 +14,7 @@ from helpers import (
     FAST_CPU_BACKENDS,
     TOLERANCES,
     assert_matches_reference,
+    random_indices,
     random_seed,
 )
 from torch import nn
@@ -23,7 +25,6 @@ from majority_kernels import ops, reference
 needs_extension = pytest.mark.skipif(not ops.HAS_EXTENSION, reason="the C++ extension is not built")
 OPS = torch.ops.majority_kernels if ops.HAS_EXTENSION else None
 F64 = TOLERANCES[torch.float64]
-FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 # (rows, dim, indices shape): 1, primes, dims around the kernels' 128-column blocks, 0-d and 3-d indices.
 TABLE_CASES = [
@@ -40,14 +41,6 @@ TABLE_IDS = [f"{rows}x{dim}-idx{list(shape)}" for rows, dim, shape in TABLE_CASE
 
 def random_table(expansion, rows, dim, generator, dtype=torch.float64):
     return torch.randn(expansion, rows, dim, generator=generator, dtype=torch.float64).to(dtype)
-
-
-def random_indices(rows, shape, generator, dtype=torch.int64):
-    """Random rows (few rows: repeated indices), always including the last row when there is room."""
-    indices = torch.randint(0, rows, shape, generator=generator)
-    if indices.numel() > 1:
-        indices.view(-1)[-1] = rows - 1
-    return indices.to(dtype)
 
 
 def seed_and_offset(generator):
